@@ -1,0 +1,35 @@
+"""Test tiers by directory: tests/unit (no root), tests/kernel (root, real mounts in a
+private mount namespace), tests/vm (QEMU boots of Debian's stock kernels)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNEL_CACHE = ROOT / ".cache" / "kernels"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
+        if tier in ("unit", "kernel", "vm"):
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+def in_private_mount_ns() -> bool:
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def private_mounts() -> None:
+    """Kernel-tier tests mount things: only as root and never in the host's namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (run through `make test`)")
+    if not in_private_mount_ns():
+        pytest.fail("kernel-tier tests must run under `unshare --mount` (use `make test`)")
