@@ -1,0 +1,90 @@
+"""`overlay-agent validate SOURCE...`: fetch, unpack and check extensions; print every problem."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.errors import SourceError, UnpackError, UsageError
+from agent.image import (
+    DEFAULT_POLICY,
+    FetchOptions,
+    Problem,
+    UnpackedExtension,
+    ValidateOptions,
+    fetch_extension,
+    load_policy,
+    validate_extensions,
+)
+from agent.image.model import DEFAULT_MAX_LAYER_SIZE
+
+
+def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
+    """Options every command that reads image sources shares."""
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="allow plain HTTP / unverified TLS for this registry (repeatable)")
+    p.add_argument("--arch", default="amd64", help="platform to pick from multi-arch images")
+    p.add_argument("--max-layer-size", type=int, default=DEFAULT_MAX_LAYER_SIZE,
+                   metavar="BYTES", help="refuse a layer that unpacks to more (default 4 GiB)")
+
+
+def fetch_options(args: argparse.Namespace) -> FetchOptions:
+    if args.max_layer_size <= 0:
+        raise UsageError(f"--max-layer-size {args.max_layer_size}: must be positive")
+    return FetchOptions(tuple(args.insecure_registry), args.arch, args.max_layer_size)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check extension images before they are baked",
+                       description="Fetch, unpack and check extension images; print every "
+                                   "problem as SOURCE: path: reason.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="docker://REG/REPO:TAG, oci:PATH[:TAG], oci-archive:PATH, "
+                        "docker-archive:PATH, dir:PATH")
+    p.add_argument("--os-version", help="target OS version for compatibility ranges")
+    p.add_argument("--base-root", type=Path, metavar="PATH",
+                   help="folder or squashfs of the root the extensions sit on")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="YAML policy file")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_fetch_arguments(p)
+    p.set_defaults(func=run_validate)
+
+
+def fetch_all(sources: list[str], staging: Path,
+              options: FetchOptions) -> tuple[list[UnpackedExtension], list[Problem]]:
+    """Fetch every source; a source that cannot be fetched becomes one whole-image problem."""
+    exts, problems = [], []
+    for source in sources:
+        try:
+            exts.append(fetch_extension(source, staging, options))
+        except (SourceError, UnpackError) as exc:
+            text = str(exc)
+            reason = text[len(source) + 2:] if text.startswith(f"{source}: ") else text
+            problems.append(Problem(source, "", reason))
+    return exts, problems
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
+    options = ValidateOptions(args.os_version, args.base_root, policy)
+    with tempfile.TemporaryDirectory(prefix="overlay-agent-validate-") as tmp:
+        exts, problems = fetch_all(args.sources, Path(tmp), fetch_options(args))
+        problems += validate_extensions(exts, options)
+    if args.output == "json":
+        print(json.dumps({
+            "ok": not problems,
+            "extensions": [{"source": e.source, "digest": e.digest,
+                            "metadata": e.metadata.to_dict() if e.metadata else None}
+                           for e in exts],
+            "problems": [{"source": p.source, "path": p.path, "reason": p.reason}
+                         for p in problems],
+        }, indent=2))
+    else:
+        for problem in problems:
+            print(problem)
+        if not problems:
+            print(f"{len(exts)} extension(s) valid")
+    return 1 if problems else 0

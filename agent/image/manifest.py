@@ -1,0 +1,119 @@
+"""Load an extension's manifest.yaml into ExtensionMetadata plus every problem found.
+
+Talos's schema: `version: v1alpha1` and `metadata` {name, version, author, description,
+compatibility: {talos: {version: RANGE}}}. Unknown keys are reported, never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.contract import ExtensionMetadata
+from agent.image.versions import VersionRange, VersionRangeError, parse_range
+
+MANIFEST = "manifest.yaml"
+MANIFEST_VERSION = "v1alpha1"
+NAME_RE = re.compile(r"[a-z0-9_.-]+")
+_TOP_KEYS = ("version", "metadata")
+_META_KEYS = ("name", "version", "author", "description", "compatibility")
+_REQUIRED = ("name", "version", "author", "description")
+RANGE_KEY = "metadata.compatibility.talos.version"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    metadata: ExtensionMetadata | None      # None when name or version is unusable
+    talos_range: VersionRange | None         # None when absent or unparsable
+    problems: tuple[str, ...]                # "reason" texts, all about manifest.yaml
+
+
+def yaml_error_where(exc: Exception) -> str:
+    """' at line N' for a YAML error that knows its position, else ''."""
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}" if mark is not None else ""
+
+
+def load_manifest(root: Path) -> Manifest:
+    """Read ROOT/manifest.yaml; never raises for bad content."""
+    import yaml
+
+    try:
+        text = (root / MANIFEST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Manifest(None, None, ("missing",))
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        return Manifest(None, None, (f"cannot read: {reason}",))
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return Manifest(None, None, (f"not valid YAML{yaml_error_where(exc)}",))
+    return check_manifest(doc)
+
+
+def check_manifest(doc: Any) -> Manifest:
+    """Validate a parsed manifest document (pure)."""
+    if not isinstance(doc, Mapping):
+        return Manifest(None, None, ("top level is not a mapping",))
+    problems = [f"unknown key {k!r}" for k in doc if k not in _TOP_KEYS]
+    if "version" not in doc:
+        problems.append("version: missing")
+    elif doc["version"] != MANIFEST_VERSION:
+        problems.append(f"version: unsupported manifest version {doc['version']!r} "
+                        f"(want {MANIFEST_VERSION})")
+    meta = doc.get("metadata")
+    if not isinstance(meta, Mapping):
+        problems.append("metadata: missing" if meta is None else "metadata: not a mapping")
+        return Manifest(None, None, tuple(problems))
+    problems += [f"metadata.{k}: unknown key" for k in meta if k not in _META_KEYS]
+    for key in _REQUIRED:
+        value = meta.get(key)
+        if value is None or value == "":
+            problems.append(f"metadata.{key}: missing")
+        elif not isinstance(value, str):
+            problems.append(f"metadata.{key}: not a string")
+    name = meta.get("name")
+    if isinstance(name, str) and name and not NAME_RE.fullmatch(name):
+        problems.append(f"metadata.name: {name!r} may hold only lowercase letters, digits, "
+                        "'-', '_' and '.'")
+    compat = meta.get("compatibility") or {}
+    talos_range, compat_problems = check_compatibility(compat)
+    problems += compat_problems
+    metadata = None
+    if isinstance(name, str) and NAME_RE.fullmatch(name) and isinstance(meta.get("version"), str):
+        metadata = ExtensionMetadata(
+            name=name, version=meta["version"],
+            author=text_or_empty(meta.get("author")),
+            description=text_or_empty(meta.get("description")),
+            compatibility=dict(compat) if isinstance(compat, Mapping) else {})
+    return Manifest(metadata, talos_range, tuple(problems))
+
+
+def text_or_empty(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def check_compatibility(compat: Any) -> tuple[VersionRange | None, list[str]]:
+    if not isinstance(compat, Mapping):
+        return None, ["metadata.compatibility: not a mapping"]
+    problems = [f"metadata.compatibility.{k}: unknown key" for k in compat if k != "talos"]
+    talos = compat.get("talos")
+    if talos is None:
+        return None, problems
+    if not isinstance(talos, Mapping):
+        return None, [*problems, "metadata.compatibility.talos: not a mapping"]
+    problems += [f"metadata.compatibility.talos.{k}: unknown key" for k in talos
+                 if k != "version"]
+    text = talos.get("version")
+    if text is None:
+        return None, [*problems, f"{RANGE_KEY}: missing"]
+    if not isinstance(text, str):
+        return None, [*problems, f"{RANGE_KEY}: not a string"]
+    try:
+        return parse_range(text), problems
+    except VersionRangeError as exc:
+        return None, [*problems, f"{RANGE_KEY}: bad version range {text!r}: {exc}"]
