@@ -1,0 +1,264 @@
+"""`overlay-agent build`: bake extensions into an initramfs.
+
+Load (machine config, sources, input initramfs) -> fetch and validate EVERY extension,
+collecting every problem -> write nothing if there is one -> squash in parallel, add the
+modules layer and firmware, write the list file -> append one compressed cpio to the
+input and write the output atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from agent import contract, cpio
+from agent.bake.atomic import write_atomically
+from agent.bake.config import find_duplicates, read_machine_config
+from agent.bake.depmod import ModulesPlan, build_modules_layer, modules_metadata, plan_modules
+from agent.bake.firmware import firmware_entries, resolve_in_tree
+from agent.bake.segments import merged_members, split_segments
+from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
+from agent.errors import AgentError, BuildError, ValidationFailed
+from agent.image.model import FetchOptions, UnpackedExtension
+from agent.tools import run
+
+MAX_LAYERS = 500          # overlayfs OVL_MAX_STACK
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    initramfs: Path
+    output: Path
+    config: Path | None = None
+    extensions: tuple[str, ...] = ()
+    os_version: str | None = None
+    base_root: Path | None = None
+    compression: Compression = Compression.ZSTD
+    max_size: int | None = None
+    kernel_release: str | None = None
+    insecure_registries: tuple[str, ...] = ()
+    policy: Path | None = None
+    epoch: int = 0
+    jobs: int = 0
+
+
+@dataclass(frozen=True)
+class BakedLayer:
+    layer: contract.Layer
+    path: Path            # the built image
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    output: Path
+    input_size: int
+    archive_size: int
+    output_size: int
+    layers: tuple[contract.Layer, ...]
+
+
+# ---------------------------------------------------------------- load + validate
+
+def gather_sources(request: BuildRequest) -> tuple[list[str], list[str]]:
+    """Config images then --extension sources, in layer order; every problem with them."""
+    sources: list[str] = []
+    problems: list[str] = []
+    if request.config is not None:
+        try:
+            config, problems = read_machine_config(request.config)
+            sources.extend(config.images)
+        except AgentError as exc:
+            problems.append(str(exc))
+    sources.extend(request.extensions)
+    problems += find_duplicates(sources)
+    if not sources and not problems:
+        problems.append("no extensions: give --config with machine.install.extensions "
+                        "or --extension SOURCE")
+    if len(sources) > MAX_LAYERS:
+        problems.append(f"{len(sources)} extensions: overlayfs stacks at most {MAX_LAYERS} layers")
+    return sources, problems
+
+
+def read_input(path: Path) -> tuple[bytes, dict[str, cpio.Entry], list[str]]:
+    """The input initramfs and its unpacked member table, or the problem with it."""
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        return b"", {}, [f"{path}: cannot read: {exc.strerror}"]
+    try:
+        segments = split_segments(blob, str(path))
+    except AgentError as exc:
+        return blob, {}, [f"{exc} (the input must end on a complete archive)"]
+    if not segments:
+        return blob, {}, [f"{path}: holds no archive"]
+    return blob, merged_members(segments), []
+
+
+def fetch_all(sources: Sequence[str], staging: Path, request: BuildRequest,
+              progress: Progress | None) -> tuple[list[UnpackedExtension], list[str]]:
+    """Fetch every source, even after one fails, so that every problem is reported at once."""
+    from agent.image import fetch_extension
+
+    options = FetchOptions(insecure_registries=request.insecure_registries)
+    fetched: list[UnpackedExtension] = []
+    problems: list[str] = []
+    for i, source in enumerate(sources):
+        try:
+            ext = fetch_extension(source, staging / f"{i:03d}", options)
+        except AgentError as exc:
+            problems.append(str(exc))
+            continue
+        fetched.append(ext)
+        if progress is not None:
+            progress(f"[{i + 1}/{len(sources)}] fetched {source}")
+    return fetched, problems
+
+
+def validate_all(exts: Sequence[UnpackedExtension], request: BuildRequest) -> list[str]:
+    from agent.image import ValidateOptions, load_policy, validate_extensions
+
+    options = ValidateOptions(os_version=request.os_version, base_root=request.base_root)
+    if request.policy is not None:
+        options = ValidateOptions(request.os_version, request.base_root,
+                                  load_policy(request.policy))
+    return [str(p) for p in validate_extensions(exts, options)]
+
+
+# ---------------------------------------------------------------- build
+
+def image_name(index: int, name: str) -> str:
+    """`NNN-NAME.sqsh`: the zero-padded index keeps layer order independent of name sorting."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "-", name).strip(".-") or "extension"
+    return f"{index:03d}-{safe}.sqsh"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_layer(image: Path, metadata: contract.ExtensionMetadata,
+                   kind: contract.LayerKind) -> contract.Layer:
+    return contract.Layer(image=image.name, metadata=metadata, sha256=sha256_file(image),
+                          size=image.stat().st_size, kind=kind)
+
+
+def squash_layers(roots: Sequence[tuple[Path, contract.ExtensionMetadata]],
+                  modules: tuple[ModulesPlan, Path] | None, work: Path,
+                  options: SquashOptions, progress: Progress | None) -> list[BakedLayer]:
+    """One image per extension rootfs (and the modules layer last), built in parallel."""
+    jobs = [SquashJob(root / "rootfs", work / "images" / image_name(i, meta.name), meta.name)
+            for i, (root, meta) in enumerate(roots)]
+    metas = [(meta, contract.LayerKind.EXTENSION) for _, meta in roots]
+    if modules is not None:
+        plan, layer_root = modules
+        jobs.append(SquashJob(layer_root, work / "images" / image_name(
+            len(roots), contract.MODULES_LAYER_NAME), contract.MODULES_LAYER_NAME))
+        metas.append((modules_metadata(plan), contract.LayerKind.MODULES))
+    images = squash_all(jobs, options, progress)
+    return [BakedLayer(describe_layer(path, meta, kind), path)
+            for path, (meta, kind) in zip(images, metas, strict=True)]
+
+
+def archive_entries(layers: Sequence[BakedLayer], firmware: Sequence[cpio.Entry],
+                    epoch: int) -> list[cpio.Entry]:
+    """List file, images and firmware; sorted, parents added, owner 0:0, fixed times."""
+    listing = contract.dump_list(contract.ExtensionList(tuple(b.layer for b in layers)))
+    images_dir = contract.IMAGES_DIR.strip("/")
+    entries = [cpio.regular(contract.LIST_PATH.strip("/"), listing.encode(), 0o644, epoch)]
+    entries += [cpio.regular(f"{images_dir}/{b.layer.image}", b.path, 0o644, epoch)
+                for b in layers]
+    entries += [cpio.Entry(e.name, e.mode, e.data, mtime=epoch) for e in firmware]
+    return cpio.with_parents(entries, mtime=epoch)
+
+
+def compress_file(path: Path, compression: Compression) -> Path:
+    """Compress single-threaded (reproducible). The images inside are compressed already,
+    so a fast level costs little size; the kernel's xz decoder wants crc32."""
+    if compression is Compression.ZSTD:
+        out = path.with_name(path.name + ".zst")
+        run(["zstd", "-q", "-T1", "-3", "--no-progress", "-f", path, "-o", out])
+    else:
+        out = path.with_name(path.name + ".xz")
+        run(["xz", "-q", "-k", "-f", "-T1", "--check=crc32", "-1", path])
+    return out
+
+
+def write_archive(entries: Sequence[cpio.Entry], work: Path, compression: Compression) -> Path:
+    plain = work / "extensions.cpio"
+    with plain.open("wb") as f:
+        cpio.write(entries, f)
+    packed = compress_file(plain, compression)
+    plain.unlink()
+    return packed
+
+
+def pad4(size: int) -> int:
+    """Zero bytes that put the appended archive on a 4-byte boundary (the kernel skips zeros)."""
+    return -size % 4
+
+
+def write_output(output: Path, blob: bytes, archive: Path) -> None:
+    def write(out: BinaryIO) -> None:
+        out.write(blob)
+        out.write(b"\0" * pad4(len(blob)))
+        with archive.open("rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    write_atomically(output, write)
+
+
+def check_size(request: BuildRequest, input_size: int, archive_size: int) -> int:
+    total = input_size + pad4(input_size) + archive_size
+    if request.max_size is not None and total > request.max_size:
+        raise BuildError(f"{request.output}: would be {total} bytes, over --max-size "
+                         f"{request.max_size} (input {input_size} + extensions {archive_size}); "
+                         f"nothing written")
+    return total
+
+
+def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> BuildResult:
+    """Validate everything first; write OUT only when every extension is good."""
+    sources, problems = gather_sources(request)
+    blob, members, found = read_input(request.initramfs)
+    problems += found
+    with tempfile.TemporaryDirectory(prefix="overlay-agent-build.") as tmp:
+        work = Path(tmp)
+        exts, found = fetch_all(sources, work / "staging", request, progress) \
+            if len(sources) <= MAX_LAYERS else ([], [])
+        problems += found
+        if exts:
+            problems += validate_all(exts, request)
+        roots = [(e.root, e.metadata) for e in exts if e.metadata is not None]
+        plan, found = plan_modules({e.source: e.root / "rootfs" for e in exts},
+                                   request.base_root, request.kernel_release)
+        problems += found
+        if len(roots) + (plan is not None) > MAX_LAYERS:
+            problems.append(f"{len(roots) + 1} layers with the modules layer: overlayfs stacks "
+                            f"at most {MAX_LAYERS}")
+        if problems:
+            raise ValidationFailed(problems)
+        modules = None
+        if plan is not None:
+            modules = (plan, build_modules_layer(plan, [r / "rootfs" for r, _ in roots], work))
+        options = SquashOptions(request.compression, request.epoch, request.jobs)
+        layers = squash_layers(roots, modules, work, options, progress)
+        dest = resolve_in_tree(members, "lib/firmware")
+        archive = write_archive(archive_entries(
+            layers, firmware_entries([r / "rootfs" for r, _ in roots], dest), request.epoch),
+            work, request.compression)
+        archive_size = archive.stat().st_size
+        total = check_size(request, len(blob), archive_size)
+        write_output(request.output, blob, archive)
+    return BuildResult(request.output, len(blob), archive_size, total,
+                       tuple(b.layer for b in layers))

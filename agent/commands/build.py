@@ -1,0 +1,80 @@
+"""`overlay-agent build`: bake extensions into an initramfs (see agent.bake.build)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.errors import UsageError
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `123`, `64M`, `64MiB` or `1.5G` (powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise UsageError(f"--max-size {text!r}: not a size (e.g. 64M, 1G, 123456)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def source_date_epoch() -> int:
+    text = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not text.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={text!r}: not a number of seconds")
+    return int(text)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "build", help="bake extensions into an initramfs",
+        description="Fetch and validate every extension (from a Talos machine config's "
+                    "machine.install.extensions and/or --extension), squash each one, and "
+                    "append them with the list file /extensions.yaml as one compressed cpio "
+                    "to the input initramfs. Nothing is written if any extension fails.")
+    p.add_argument("--config", type=Path, help="Talos machine config (machine.install.extensions)")
+    p.add_argument("--extension", action="append", default=[], metavar="SOURCE",
+                   help="an extension source (dir:PATH, oci:..., docker://...); repeatable, "
+                        "placed after the config's")
+    p.add_argument("--initramfs", type=Path, required=True, metavar="IN",
+                   help="initramfs to extend (the agent's own or a distribution's)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
+    p.add_argument("--os-version", help="target OS version for compatibility checks")
+    p.add_argument("--base-root", type=Path, help="the base root (folder or squashfs): "
+                   "validation and the modules layer")
+    p.add_argument("--compression", choices=["zstd", "xz"], default="zstd")
+    p.add_argument("--max-size", type=parse_size, metavar="SIZE",
+                   help="refuse an OUT larger than this (e.g. 64M)")
+    p.add_argument("--kernel-release", metavar="KVER",
+                   help="kernel release of the modules layer (default: from --base-root)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="registry reached over plain HTTP; repeatable")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="validation policy file")
+    p.add_argument("--jobs", type=int, default=0, help="images squashed at once (default: cores)")
+    p.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from agent.bake.build import BuildRequest, build_initramfs
+    from agent.bake.squash import Compression
+
+    request = BuildRequest(
+        initramfs=args.initramfs, output=args.output, config=args.config,
+        extensions=tuple(args.extension), os_version=args.os_version, base_root=args.base_root,
+        compression=Compression(args.compression), max_size=args.max_size,
+        kernel_release=args.kernel_release, insecure_registries=tuple(args.insecure_registry),
+        policy=args.policy, epoch=source_date_epoch(), jobs=args.jobs)
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) \
+        if sys.stderr.isatty() else None
+    result = build_initramfs(request, progress)
+    print(f"{result.output}: {result.output_size} bytes ({result.input_size} input + "
+          f"{result.output_size - result.input_size} extensions), "
+          f"{len(result.layers)} layer(s)")
+    for layer in result.layers:
+        print(f"  {layer.image}  {layer.metadata.name} {layer.metadata.version}  "
+              f"{layer.size} bytes  sha256:{layer.sha256}")
+    return 0
