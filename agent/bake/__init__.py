@@ -1,0 +1,1 @@
+"""Baking extensions into an initramfs: `overlay-agent build` and `inspect`."""

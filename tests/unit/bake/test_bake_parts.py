@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from agent import cpio
+from agent.bake.atomic import write_atomically
+from agent.bake.build import BuildRequest, check_size, image_name
+from agent.bake.firmware import firmware_entries, resolve_in_tree
+from agent.commands.build import parse_size
+from agent.errors import BuildError, UsageError
+
+
+@pytest.mark.parametrize("members,path,expected", [
+    ({}, "lib/firmware", "lib/firmware"),
+    ({"lib": cpio.symlink("lib", "usr/lib")}, "lib/firmware", "usr/lib/firmware"),
+    ({"lib": cpio.symlink("lib", "/usr/lib")}, "lib/firmware", "usr/lib/firmware"),
+    ({"lib": cpio.symlink("lib", "usr/lib"),
+      "usr/lib/firmware": cpio.symlink("usr/lib/firmware", "../../fw")}, "lib/firmware", "fw"),
+    ({"lib": cpio.directory("lib")}, "lib/firmware", "lib/firmware"),
+])
+def test_firmware_folder_follows_the_input_symlinks(members: dict[str, cpio.Entry], path: str,
+                                                    expected: str) -> None:
+    assert resolve_in_tree(members, path) == expected
+
+
+def test_symlink_loop_is_refused() -> None:
+    loop = {"a": cpio.symlink("a", "b"), "b": cpio.symlink("b", "a")}
+    with pytest.raises(BuildError, match=r"^initramfs: too many symlinks resolving /a/x$"):
+        resolve_in_tree(loop, "a/x")
+
+
+def test_firmware_from_both_layouts_later_extension_wins(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    (one / "lib/firmware/vendor").mkdir(parents=True)
+    (one / "lib/firmware/vendor/a.bin").write_bytes(b"old")
+    (one / "lib/firmware/vendor/b.bin").write_bytes(b"b")
+    (two / "usr/lib/firmware/vendor").mkdir(parents=True)
+    (two / "usr/lib/firmware/vendor/a.bin").write_bytes(b"new")
+    (two / "usr/lib/firmware/vendor/c.bin").symlink_to("a.bin")
+    entries = firmware_entries([one, two], "usr/lib/firmware")
+    got = {e.name: (stat.S_IFMT(e.mode), e.content()) for e in entries}
+    assert got == {"usr/lib/firmware/vendor/a.bin": (stat.S_IFREG, b"new"),
+                   "usr/lib/firmware/vendor/b.bin": (stat.S_IFREG, b"b"),
+                   "usr/lib/firmware/vendor/c.bin": (stat.S_IFLNK, b"a.bin")}
+
+
+@pytest.mark.parametrize("index,name,expected", [
+    (0, "gvisor", "000-gvisor.sqsh"), (10, "a", "010-a.sqsh"), (499, "x", "499-x.sqsh"),
+    (2, "modules.dep", "002-modules.dep.sqsh"), (3, "a/b c", "003-a-b-c.sqsh"),
+    (4, "..", "004-extension.sqsh"),
+])
+def test_image_names_sort_in_layer_order(index: int, name: str, expected: str) -> None:
+    assert image_name(index, name) == expected
+
+
+@pytest.mark.parametrize("text,size", [("123", 123), ("64M", 64 << 20), ("64MiB", 64 << 20),
+                                       ("1.5g", 3 << 29), ("2k", 2048), ("10 MB", 10 << 20)])
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_parse_size_refuses_words() -> None:
+    with pytest.raises(UsageError, match=r"^--max-size 'big': not a size \(e\.g\. 64M, 1G, "
+                                         r"123456\)$"):
+        parse_size("big")
+
+
+def test_size_over_budget_names_every_size() -> None:
+    req = BuildRequest(Path("in"), Path("out.img"), max_size=1000)
+    assert check_size(req, 500, 500) == 1000
+    with pytest.raises(BuildError) as err:
+        check_size(req, 501, 500)
+    assert str(err.value) == ("out.img: would be 1004 bytes, over --max-size 1000 "
+                              "(input 501 + extensions 500); nothing written")
+
+
+def test_atomic_write_replaces_whole(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    dest.write_bytes(b"old")
+
+    def write(f: BinaryIO) -> None:
+        f.write(b"new" * 1000)
+
+    write_atomically(dest, write)
+    assert dest.read_bytes() == b"new" * 1000
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_failed_writer_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    dest.write_bytes(b"old")
+
+    def fail(f: BinaryIO) -> None:
+        f.write(b"partial")
+        raise BuildError("boom")
+
+    with pytest.raises(BuildError, match=r"^boom$"):
+        write_atomically(dest, fail)
+    assert dest.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out"]
