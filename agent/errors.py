@@ -48,3 +48,7 @@ class ListFileError(AgentError):
 
 class BootError(AgentError):
     """A fatal boot problem: PID 1 prints it and follows panic=."""
+
+
+class StatusError(AgentError):
+    """The boot status file is missing (booted without the agent) or unreadable."""

@@ -20,10 +20,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def in_private_mount_ns() -> bool:
+    """True when PID 1, or (where PID 1's namespace is hidden) an ancestor, is elsewhere."""
+    mine = os.readlink("/proc/self/ns/mnt")
+    pid = 1
     try:
-        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+        return mine != os.readlink(f"/proc/{pid}/ns/mnt")
     except OSError:
-        return False
+        pid = os.getppid()
+    while pid > 1:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") != mine:
+                return True
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 @pytest.fixture

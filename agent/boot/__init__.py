@@ -1,0 +1,1 @@
+"""PID 1 of the initramfs and the boot-time activation of extensions."""

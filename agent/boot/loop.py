@@ -1,0 +1,107 @@
+"""Read-only loop devices through ioctls on /dev/loop-control and /dev/loopN (no losetup).
+
+Numbers and struct layouts from include/uapi/linux/loop.h. The device is set to
+autoclear: it detaches itself when its last user (our fd, then the squashfs mount) lets go.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from dataclasses import dataclass
+
+from agent import syscalls
+
+LOOP_SET_FD = 0x4C00
+LOOP_CLR_FD = 0x4C01
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_CONFIGURE = 0x4C0A      # Linux 5.8+
+LOOP_CTL_GET_FREE = 0x4C82
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+
+# struct loop_info64: 5 x u64, 4 x u32, file_name[64], crypt_name[64], encrypt_key[32], 2 x u64
+_INFO64 = struct.Struct("=5Q4I64s64s32s2Q")
+# struct loop_config: u32 fd, u32 block_size, loop_info64, u64 reserved[8] (304 bytes)
+_CONFIG = struct.Struct(f"=II{_INFO64.size}s64x")
+LOOP_CONTROL = "/dev/loop-control"
+MAX_BUSY_RETRIES = 64
+
+
+@dataclass(frozen=True)
+class LoopDevice:
+    """An attached loop device; `fd` stays open until release() so autoclear cannot fire early."""
+
+    number: int
+    path: str
+    fd: int
+
+
+def pack_info64(backing: str, flags: int) -> bytes:
+    name = os.fsencode(backing)[-63:]
+    return _INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, name, b"", b"", 0, 0)
+
+
+def pack_config(backing_fd: int, backing: str, flags: int) -> bytes:
+    return _CONFIG.pack(backing_fd, 0, pack_info64(backing, flags))
+
+
+def configure_fallback(loop_fd: int, backing_fd: int, backing: str, dev: str) -> None:
+    """Pre-5.8 kernels: LOOP_SET_FD (read-only because backing_fd is) then LOOP_SET_STATUS64."""
+    syscalls.ioctl(loop_fd, LOOP_SET_FD, backing_fd, path=dev)
+    try:
+        syscalls.ioctl(loop_fd, LOOP_SET_STATUS64,
+                       bytearray(pack_info64(backing, LO_FLAGS_AUTOCLEAR)), path=dev)
+    except OSError:
+        syscalls.ioctl(loop_fd, LOOP_CLR_FD, 0, path=dev)
+        raise
+
+
+def attach_readonly(backing_fd: int, backing: str) -> LoopDevice:
+    """Attach the open file `backing_fd` to a free loop device, read-only with autoclear.
+
+    GET_FREE then configure races with other processes taking the same device: EBUSY
+    means someone won, so ask for another one.
+    """
+    ctl = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for _ in range(MAX_BUSY_RETRIES):
+            number = syscalls.ioctl(ctl, LOOP_CTL_GET_FREE, 0, path=LOOP_CONTROL)
+            dev = f"/dev/loop{number}"
+            loop_fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                configure(loop_fd, backing_fd, backing, dev)
+            except OSError as exc:
+                os.close(loop_fd)
+                if exc.errno == errno.EBUSY:
+                    continue
+                raise
+            return LoopDevice(number=number, path=dev, fd=loop_fd)
+    finally:
+        os.close(ctl)
+    raise OSError(errno.EBUSY, f"no free loop device after {MAX_BUSY_RETRIES} tries", backing)
+
+
+def configure(loop_fd: int, backing_fd: int, backing: str, dev: str) -> None:
+    config = bytearray(pack_config(backing_fd, backing, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR))
+    try:
+        syscalls.ioctl(loop_fd, LOOP_CONFIGURE, config, path=dev)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTTY):
+            raise
+        configure_fallback(loop_fd, backing_fd, backing, dev)
+
+
+def release(loop: LoopDevice) -> None:
+    """Drop our reference: a mounted device stays, an unused one detaches (autoclear)."""
+    os.close(loop.fd)
+
+
+def detach(loop: LoopDevice) -> None:
+    """Detach now (undo after a failed mount), then drop our reference."""
+    try:
+        syscalls.ioctl(loop.fd, LOOP_CLR_FD, 0, path=loop.path)
+    except OSError:
+        pass  # autoclear still detaches it when the fd closes below
+    os.close(loop.fd)

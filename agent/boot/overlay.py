@@ -1,0 +1,67 @@
+"""One read-only overlayfs from a stack of lower directories (no mount process).
+
+mount(2) copies at most one page of option data, so a long `lowerdir=` goes through
+fsopen/fsconfig instead, one `lowerdir+` value per layer (Linux 6.8+).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from agent import syscalls
+from agent.status import OverlayApi
+
+OVL_MAX_STACK = 500   # fs/overlayfs/params.h: most lower layers one overlay takes
+MOUNT_DATA_LIMIT = os.sysconf("SC_PAGE_SIZE")  # mount(2) option data, NUL included
+
+
+def escape_lowerdir(path: str) -> str:
+    """overlayfs splits options at ',' and layers at ':'; a backslash escapes both."""
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def lowerdir_option(lowers: list[str]) -> str:
+    return "lowerdir=" + ":".join(escape_lowerdir(p) for p in lowers)
+
+
+def choose_api(lowers: list[str]) -> OverlayApi:
+    fits = len(os.fsencode(lowerdir_option(lowers))) + 1 <= MOUNT_DATA_LIMIT
+    return OverlayApi.MOUNT if fits else OverlayApi.FSCONFIG
+
+
+def mount_overlay(lowers: list[str], target: str) -> OverlayApi:
+    """Mount `lowers` (topmost first, as overlayfs reads them) read-only at `target`."""
+    if len(lowers) > OVL_MAX_STACK:
+        raise OSError(errno.EINVAL, f"{len(lowers)} layers exceed the kernel's "
+                      f"{OVL_MAX_STACK}", target)
+    api = choose_api(lowers)
+    if api is OverlayApi.MOUNT:
+        syscalls.mount("overlay", target, "overlay", syscalls.MS_RDONLY, lowerdir_option(lowers))
+    else:
+        mount_overlay_fsconfig(lowers, target)
+    return api
+
+
+def mount_overlay_fsconfig(lowers: list[str], target: str) -> None:
+    fs_fd = syscalls.fsopen("overlay")
+    try:
+        for i, path in enumerate(lowers):
+            try:
+                syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, "lowerdir+", path)
+            except OSError as exc:
+                if i == 0 and exc.errno == errno.EINVAL:
+                    raise OSError(errno.EINVAL, "this kernel has no overlayfs lowerdir+ "
+                                  "(Linux 6.8+) and the layer paths exceed one page",
+                                  target) from None
+                raise
+        syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, "source", "overlay")
+        syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_FLAG, "ro")
+        syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_CMD_CREATE)
+        mnt_fd = syscalls.fsmount(fs_fd, syscalls.FSMOUNT_CLOEXEC, syscalls.MOUNT_ATTR_RDONLY)
+        try:
+            syscalls.move_mount(mnt_fd, target)
+        finally:
+            os.close(mnt_fd)
+    finally:
+        os.close(fs_fd)

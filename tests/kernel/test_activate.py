@@ -1,0 +1,399 @@
+"""Activation on this machine's kernel: real mksquashfs images, loop devices, overlayfs.
+
+Each layer i ships usr/local/share/layer (= "i": the topmost wins) and a unique
+usr/local/share/only-i. Faults are injected at the agent.syscalls seam or made for real.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent import syscalls
+from agent.boot import activate, overlay
+from agent.boot.activate import ActivationSettings, activate_extensions, activate_mounted_root
+from agent.contract import ExtensionList, ExtensionMetadata, Layer, dump_list
+from agent.errors import BootError
+from agent.status import OverlayApi, Phase, read_status
+from agent.tools import run
+
+SHARE = "usr/local/share"
+
+
+@pytest.fixture(scope="session")
+def image_cache(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """Layer images built once per session, on demand."""
+    root = tmp_path_factory.mktemp("images")
+
+    def build(i: int) -> Path:
+        image = root / f"{i:03d}-ext{i}.sqsh"
+        if not image.exists():
+            src = root / f"src{i}"
+            (src / SHARE).mkdir(parents=True)
+            (src / SHARE / "layer").write_text(str(i))
+            (src / SHARE / f"only-{i}").write_text(f"from {i}")
+            run(["mksquashfs", src, image, "-quiet", "-no-progress", "-noappend", "-all-root",
+                 "-processors", "1"])
+            shutil.rmtree(src)
+        return image
+
+    return build
+
+
+def no_processes(*args: object, **kwargs: object) -> None:
+    raise AssertionError("activation started a process (mount, losetup...)")
+
+
+@dataclass
+class Env:
+    work: Path          # short path: staging dirs must fit one mount(2) page for 120 layers
+    base: Path
+    target: Path
+    images: Path
+    lines: list[str]
+
+    @property
+    def settings(self) -> ActivationSettings:
+        return ActivationSettings(list_path=str(self.work / "extensions.yaml"),
+                                  images_dir=str(self.images),
+                                  status_path=str(self.work / "run/status.json"),
+                                  staging_dir=str(self.work / "s"))
+
+    def write_list(self, layers: list[Layer], text: str | None = None) -> None:
+        (self.work / "extensions.yaml").write_text(
+            dump_list(ExtensionList(tuple(layers))) if text is None else text)
+
+    def add(self, cache: Callable[[int], Path], indices: list[int]) -> list[Layer]:
+        """Copy cached images in; the list describes them in the given order."""
+        layers = []
+        for i in indices:
+            src = cache(i)
+            shutil.copy(src, self.images / src.name)
+            data = src.read_bytes()
+            layers.append(Layer(src.name, ExtensionMetadata(f"ext{i}", f"1.{i}", "tests",
+                                                            f"layer {i}\n"),
+                                hashlib.sha256(data).hexdigest(), len(data)))
+        self.write_list(layers)
+        return layers
+
+    def activate(self, settings: ActivationSettings | None = None) -> str:
+        """activate_extensions on base -> target; starting any process fails the test."""
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(subprocess.Popen, "__init__", no_processes)
+            return activate_extensions(str(self.base), str(self.target),
+                                       settings or self.settings)
+
+    def read(self, rel: str) -> str:
+        return (self.target / rel).read_text()
+
+
+def mounts_under(prefix: str) -> list[str]:
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def attached_backing_files() -> set[str]:
+    found = set()
+    for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            found.add(entry.read_text().strip())
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def env(private_mounts: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    work = Path(tempfile.mkdtemp(prefix="oa", dir="/tmp"))
+    lines: list[str] = []
+    monkeypatch.setattr(activate, "report", lines.append)
+    e = Env(work, work / "base", work / "root", work / "images", lines)
+    for d in (e.base, e.target, e.images):
+        d.mkdir()
+    syscalls.mount("base", str(e.base), "tmpfs", 0, "mode=0755")
+    (e.base / SHARE).mkdir(parents=True)
+    (e.base / SHARE / "layer").write_text("base")
+    (e.base / "etc").mkdir()
+    syscalls.mount(None, str(e.base), None, syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
+    yield e
+    monkeypatch.undo()
+    for point in reversed(mounts_under(str(work))):
+        syscalls.umount2(point, syscalls.MNT_DETACH)
+    shutil.rmtree(work)
+
+
+def assert_no_leftovers(env: Env, images: list[Path]) -> None:
+    """No staging mount stays and no loop device still holds one of `images`."""
+    assert mounts_under(str(env.work / "s")) == []
+    held = attached_backing_files()
+    assert [str(i) for i in images if str(i) in held] == []
+
+
+def force_api(monkeypatch: pytest.MonkeyPatch, api: OverlayApi) -> None:
+    monkeypatch.setattr(overlay, "MOUNT_DATA_LIMIT", 0 if api is OverlayApi.FSCONFIG else 4096)
+
+
+@pytest.mark.parametrize("api", [OverlayApi.MOUNT, OverlayApi.FSCONFIG])
+@pytest.mark.parametrize("count", [1, 12, 120])
+def test_layers_stack_in_list_order(env: Env, image_cache: Callable[[int], Path],
+                                    monkeypatch: pytest.MonkeyPatch, count: int,
+                                    api: OverlayApi) -> None:
+    force_api(monkeypatch, api)
+    env.add(image_cache, list(range(count)))
+    assert env.activate() == str(env.target)
+    assert env.read(f"{SHARE}/layer") == str(count - 1)
+    assert [env.read(f"{SHARE}/only-{i}") for i in range(count)] == \
+        [f"from {i}" for i in range(count)]
+    assert env.read("etc/extensions.yaml") == (env.work / "extensions.yaml").read_text()
+    with pytest.raises(OSError) as exc:
+        (env.target / "new").write_text("x")
+    assert exc.value.errno == errno.EROFS
+    status = read_status(env.settings.status_path)
+    assert status.overlay is api
+    assert [e.phase for e in status.extensions] == [Phase.ACTIVE] * count
+    assert status.extensions[-1].id == f"{count - 1:03d}-ext{count - 1}"
+    assert mounts_under(str(env.work / "s")) == []
+    assert str(env.images / "000-ext0.sqsh") in attached_backing_files()   # held by the overlay
+    assert env.lines == []
+
+
+def test_later_layer_overrides_earlier(env: Env, image_cache: Callable[[int], Path]) -> None:
+    """Layer 10 over layer 2 (Talos sorted names as text: "10" before "2")."""
+    env.add(image_cache, [2, 10])
+    env.activate()
+    assert env.read(f"{SHARE}/layer") == "10"
+    env2_list = [(e.index, e.id) for e in read_status(env.settings.status_path).extensions]
+    assert env2_list == [(0, "002-ext2"), (1, "010-ext10")]
+
+
+def test_no_list_file_boots_bare_root(env: Env) -> None:
+    assert env.activate() == str(env.base)
+    assert not os.path.ismount(env.target)
+    assert read_status(env.settings.status_path).extensions == ()
+
+
+def fail_nth(monkeypatch: pytest.MonkeyPatch, name: str, match: Callable[..., bool]) -> None:
+    """Make agent.syscalls.<name> raise EIO for calls where match(*args) is true."""
+    real = getattr(syscalls, name)
+
+    def faulty(*args: object, **kwargs: object) -> object:
+        if match(*args):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(syscalls, name, faulty)
+
+
+def configure_counter(fail_at: int) -> Callable[..., bool]:
+    seen = [0]
+
+    def match(fd: int, request: int, *rest: object) -> bool:
+        if request != 0x4C0A:   # LOOP_CONFIGURE
+            return False
+        seen[0] += 1
+        return seen[0] == fail_at
+
+    return match
+
+
+FAULTS: dict[str, tuple[str, Callable[[], Callable[..., bool]], str]] = {
+    "loop attach": ("ioctl", lambda: configure_counter(2),
+                    "extension 001-ext1: failed: loop device for {img}: Input/output error"),
+    "squashfs mount": ("mount", lambda: lambda src, dst, fstype=None, *r: fstype == "squashfs"
+                       and dst.endswith("/s/1"),
+                       "extension 001-ext1: failed: mount squashfs {img} from /dev/loop"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_injected_layer_fault_skips_only_that_layer(env: Env, image_cache: Callable[[int], Path],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    fault: str) -> None:
+    name, make, line = FAULTS[fault]
+    env.add(image_cache, [0, 1, 2])
+    fail_nth(monkeypatch, name, make())
+    assert env.activate() == str(env.target)
+    monkeypatch.undo()
+    bad = env.images / "001-ext1.sqsh"
+    assert len(env.lines) == 1 and env.lines[0].startswith(line.format(img=bad))
+    assert env.read(f"{SHARE}/layer") == "2"
+    assert not (env.target / SHARE / "only-1").exists()
+    assert (env.target / SHARE / "only-0").exists()
+    assert str(bad) not in attached_backing_files()
+    phases = [e.phase for e in read_status(env.settings.status_path).extensions]
+    assert phases == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
+
+
+@pytest.mark.parametrize("api", [OverlayApi.MOUNT, OverlayApi.FSCONFIG])
+def test_overlay_failure_boots_bare_root(env: Env, image_cache: Callable[[int], Path],
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         api: OverlayApi) -> None:
+    force_api(monkeypatch, api)
+    env.add(image_cache, [0, 1])
+    if api is OverlayApi.MOUNT:
+        fail_nth(monkeypatch, "mount", lambda src, dst, fstype=None, *r: fstype == "overlay")
+    else:
+        fail_nth(monkeypatch, "fsmount", lambda *a: True)
+    assert env.activate() == str(env.base)
+    monkeypatch.undo()
+    assert not os.path.ismount(env.target)
+    assert env.lines == [f"overlay at {env.target}: Input/output error; booting the bare root"]
+    status = read_status(env.settings.status_path)
+    assert status.overlay is OverlayApi.NONE and status.notes == tuple(env.lines)
+    assert {(e.phase, e.reason) for e in status.extensions} == {(Phase.FAILED, env.lines[0])}
+    assert_no_leftovers(env, sorted(env.images.iterdir()))
+
+
+def corrupt(env: Env, layers: list[Layer]) -> None:
+    path = env.images / layers[1].image
+    data = bytearray(path.read_bytes())
+    data[200:210] = bytes(b ^ 0xFF for b in data[200:210])
+    path.write_bytes(bytes(data))
+
+
+def wrong_size(env: Env, layers: list[Layer]) -> None:
+    layers[1] = Layer(layers[1].image, layers[1].metadata, layers[1].sha256, layers[1].size + 1)
+    env.write_list(layers)
+
+
+def missing(env: Env, layers: list[Layer]) -> None:
+    (env.images / layers[1].image).unlink()
+
+
+def garbage(env: Env, layers: list[Layer]) -> None:
+    data = os.urandom(8192)
+    (env.images / layers[1].image).write_bytes(data)
+    layers[1] = Layer(layers[1].image, layers[1].metadata, hashlib.sha256(data).hexdigest(), 8192)
+    env.write_list(layers)
+
+
+REAL_FAULTS: dict[str, tuple[Callable[[Env, list[Layer]], None], str]] = {
+    "corrupted bytes": (corrupt, "{img}: sha256 "),
+    "wrong size": (wrong_size, "{img}: size 4096 bytes, the list says 4097"),
+    "missing image": (missing, "cannot open {img}: No such file or directory"),
+    "garbage squashfs": (garbage, "mount squashfs {img} from /dev/loop"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(REAL_FAULTS))
+def test_real_fault_skips_only_that_layer(env: Env, image_cache: Callable[[int], Path],
+                                          fault: str) -> None:
+    spoil, reason = REAL_FAULTS[fault]
+    layers = env.add(image_cache, [0, 1, 2])
+    spoil(env, layers)
+    assert env.activate() == str(env.target)
+    bad = env.images / "001-ext1.sqsh"
+    expected = "extension 001-ext1: failed: " + reason.format(img=bad)
+    assert len(env.lines) == 1 and env.lines[0].startswith(expected), env.lines
+    assert env.read(f"{SHARE}/layer") == "2"
+    assert str(bad) not in attached_backing_files()
+    records = read_status(env.settings.status_path).extensions
+    assert [e.phase for e in records] == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
+    assert records[1].reason == env.lines[0].split(": failed: ", 1)[1]
+
+
+def test_unknown_schema_version_skips_all(env: Env, image_cache: Callable[[int], Path]) -> None:
+    env.add(image_cache, [0, 1])
+    text = (env.work / "extensions.yaml").read_text().replace('"version": 1', '"version": 7')
+    env.write_list([], text)
+    assert env.activate() == str(env.base)
+    reason = (f"{env.settings.list_path}: unknown schema version 7 "
+              "(this agent reads version 1)")
+    records = read_status(env.settings.status_path).extensions
+    assert [(e.id, e.phase, e.reason) for e in records] == [
+        ("000-ext0", Phase.SKIPPED, reason), ("001-ext1", Phase.SKIPPED, reason)]
+    assert env.lines == [f"extension {e.id}: skipped: {reason}" for e in records]
+
+
+def test_strict_makes_a_failure_fatal_and_undoes(env: Env,
+                                                 image_cache: Callable[[int], Path]) -> None:
+    layers = env.add(image_cache, [0, 1, 2])
+    corrupt(env, layers)
+    settings = ActivationSettings(**{**env.settings.__dict__, "strict": True})
+    with pytest.raises(BootError, match=r"^extension 001-ext1: .*sha256.*overlay_agent.strict"):
+        env.activate(settings)
+    assert not os.path.ismount(env.target)
+    assert_no_leftovers(env, sorted(env.images.iterdir()))
+    phases = [e.phase for e in read_status(env.settings.status_path).extensions]
+    assert phases == [Phase.ACTIVE, Phase.FAILED]
+
+
+@pytest.mark.parametrize(("cmdline", "phases", "layer"), [
+    ("quiet overlay_agent.disable", ["skipped"] * 3, "base"),
+    ("overlay_agent.skip=ext2,001-ext1", ["active", "skipped", "skipped"], "0"),
+    ("overlay_agent.skip=000-ext0.sqsh", ["skipped", "active", "active"], "2"),
+])
+def test_command_line_disable_and_skip(env: Env, image_cache: Callable[[int], Path],
+                                       cmdline: str, phases: list[str], layer: str) -> None:
+    env.add(image_cache, [0, 1, 2])
+    settings = activate.settings_from_cmdline(cmdline, **{
+        k: v for k, v in env.settings.__dict__.items() if k.endswith(("_path", "_dir"))})
+    root = env.activate(settings)
+    assert Path(root, SHARE, "layer").read_text() == layer
+    records = read_status(env.settings.status_path).extensions
+    assert [e.phase.value for e in records] == phases
+    assert len(env.lines) == phases.count("skipped")
+
+
+def test_hook_mode_puts_overlay_at_the_mounted_root(env: Env,
+                                                    image_cache: Callable[[int], Path]) -> None:
+    env.add(image_cache, [0, 1])
+    syscalls.mount(str(env.base), str(env.target), None, syscalls.MS_BIND)
+    assert activate_mounted_root(str(env.target), env.settings) == str(env.target)
+    assert env.read(f"{SHARE}/layer") == "1"
+    assert os.path.ismount(env.settings.staging_dir + "/base")
+
+
+def test_hook_mode_without_layers_leaves_the_root(env: Env) -> None:
+    syscalls.mount(str(env.base), str(env.target), None, syscalls.MS_BIND)
+    assert activate_mounted_root(str(env.target), env.settings) == str(env.target)
+    assert env.read(f"{SHARE}/layer") == "base"
+    assert not os.path.ismount(env.settings.staging_dir + "/base")
+
+
+def loop_of(image: Path) -> Path:
+    for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
+        if entry.read_text().strip() == str(image):
+            return entry.parent.parent
+    raise AssertionError(f"no loop device holds {image}")
+
+
+@pytest.mark.parametrize(("errnos", "configures", "set_fds"), [
+    ([errno.EINVAL, errno.EINVAL], 2, 2),     # no LOOP_CONFIGURE: LOOP_SET_FD + SET_STATUS64
+    ([errno.ENOTTY], 2, 1),
+    ([errno.EBUSY], 3, 0),                    # lost the GET_FREE race: ask again
+])
+def test_loop_configure_fallbacks(env: Env, image_cache: Callable[[int], Path],
+                                  monkeypatch: pytest.MonkeyPatch, errnos: list[int],
+                                  configures: int, set_fds: int) -> None:
+    env.add(image_cache, [0, 1])
+    left = list(errnos)
+    requests: list[int] = []
+    real = syscalls.ioctl
+
+    def flaky(fd: int, request: int, arg: int | bytes | bytearray = 0,
+              path: str | None = None) -> int:
+        requests.append(request)
+        if request == 0x4C0A and left:
+            code = left.pop(0)
+            raise OSError(code, os.strerror(code), path)
+        return real(fd, request, arg, path)
+
+    monkeypatch.setattr(syscalls, "ioctl", flaky)
+    assert env.activate() == str(env.target)
+    monkeypatch.undo()
+    assert env.read(f"{SHARE}/layer") == "1" and env.lines == []
+    assert (requests.count(0x4C0A), requests.count(0x4C00)) == (configures, set_fds)
+    for image in sorted(env.images.iterdir()):
+        dev = loop_of(image)
+        assert (dev / "ro").read_text().strip() == "1"
+        assert (dev / "loop/autoclear").read_text().strip() == "1"
