@@ -135,5 +135,18 @@ def reboot(cmd: int) -> None:
         raise _fail()
 
 
+# statfs(2) f_type values (include/uapi/linux/magic.h)
+RAMFS_MAGIC = 0x858458F6
+TMPFS_MAGIC = 0x01021994
+
+
+def statfs_type(path: str) -> int:
+    """f_type of statfs(2): the first field (a long) of struct statfs on x86_64."""
+    buf = ctypes.create_string_buffer(128)
+    if _libc.statfs(_b(path), buf) != 0:
+        raise _fail(path)
+    return int.from_bytes(buf.raw[:8], "little") & 0xFFFFFFFF
+
+
 def sync() -> None:
     _libc.sync()

@@ -1,0 +1,188 @@
+"""Parse the kernel command line into BootParams (pure: no I/O).
+
+Keys follow the kernel's and initramfs-tools' meaning (Documentation/admin-guide/
+kernel-parameters.txt); everything after ` -- ` belongs to init.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from agent.boot.layout import DEFAULT_INIT
+from agent.errors import BootError
+
+PREFIX = "overlay_agent."
+DEFAULT_ROOT_WAIT = 30.0  # seconds to wait for root= without rootdelay=/rootwait
+_TRUE = ("", "1", "y", "yes", "true", "on")
+_FALSE = ("0", "n", "no", "false", "off")
+_OWN_FLAGS = ("disable", "strict", "debug")
+_ROOT_SYNTAX = "expected /dev/NAME, UUID=, LABEL= or PARTUUID="
+
+
+class RootKind(enum.Enum):
+    PATH = "path"
+    UUID = "UUID"
+    LABEL = "LABEL"
+    PARTUUID = "PARTUUID"
+
+
+@dataclass(frozen=True)
+class RootSpec:
+    kind: RootKind
+    value: str
+
+    def __str__(self) -> str:
+        return self.value if self.kind is RootKind.PATH else f"{self.kind.value}={self.value}"
+
+
+@dataclass(frozen=True)
+class BootParams:
+    root: RootSpec | None = None
+    rootfstype: str | None = None
+    rootflags: str | None = None
+    rw_requested: bool = False      # `rw` is noted and ignored: the root is always read-only
+    init: str = DEFAULT_INIT
+    init_args: tuple[str, ...] = ()
+    rootwait: bool = False
+    rootdelay: float | None = None
+    panic: int = 0                  # >0 reboot after N s, <0 at once, 0 hang
+    quiet: bool = False
+    disable: bool = False
+    skip: frozenset[str] = frozenset()
+    strict: bool = False
+    debug: bool = False
+    test_token: str | None = None
+    notes: tuple[str, ...] = field(default=())   # harmless oddities, printed at boot
+
+    @property
+    def root_timeout(self) -> float | None:
+        """Seconds to wait for the root device; None = forever."""
+        if self.rootwait:
+            return None
+        return DEFAULT_ROOT_WAIT if self.rootdelay is None else self.rootdelay
+
+
+def split_cmdline(text: str) -> tuple[list[str], list[str]]:
+    """Split into (kernel words, init words); double quotes group, as the kernel's next_arg."""
+    words: list[str] = []
+    current: list[str] = []
+    quoted = False
+    started = False
+    for ch in text.strip():
+        if ch == '"':
+            quoted = not quoted
+            started = True
+        elif ch.isspace() and not quoted:
+            if started:
+                words.append("".join(current))
+            current, started = [], False
+        else:
+            current.append(ch)
+            started = True
+    if started:
+        words.append("".join(current))
+    if "--" in words:
+        cut = words.index("--")
+        return words[:cut], words[cut + 1:]
+    return words, []
+
+
+def parse_root(value: str) -> RootSpec:
+    """`root=` value -> RootSpec; unknown syntax raises BootError."""
+    aliases = {"/dev/disk/by-uuid/": RootKind.UUID, "/dev/disk/by-label/": RootKind.LABEL,
+               "/dev/disk/by-partuuid/": RootKind.PARTUUID}
+    for prefix, kind in aliases.items():
+        if value.startswith(prefix) and len(value) > len(prefix):
+            return _tagged(kind, value[len(prefix):], value)
+    for kind in (RootKind.UUID, RootKind.LABEL, RootKind.PARTUUID):
+        tag = f"{kind.value}="
+        if value.upper().startswith(tag) and value[:len(tag)] == tag:
+            return _tagged(kind, value[len(tag):], value)
+    if value.startswith("/dev/") and len(value) > 5 and "/../" not in value + "/":
+        return RootSpec(RootKind.PATH, value)
+    raise BootError(f"root={value}: unknown syntax ({_ROOT_SYNTAX})")
+
+
+def _tagged(kind: RootKind, rest: str, original: str) -> RootSpec:
+    if not rest:
+        raise BootError(f"root={original}: empty {kind.value}")
+    if kind is not RootKind.LABEL and not all(c in "0123456789abcdefABCDEF-" for c in rest):
+        raise BootError(f"root={original}: {kind.value} must be hexadecimal digits and dashes")
+    return RootSpec(kind, rest if kind is RootKind.LABEL else rest.lower())
+
+
+def parse_cmdline(text: str) -> BootParams:
+    """Whole command line -> BootParams; every problem is reported in one BootError."""
+    words, init_args = split_cmdline(text)
+    problems: list[str] = []
+    notes: list[str] = []
+    values: dict[str, object] = {"init_args": tuple(init_args)}
+    skip: set[str] = set()
+    for word in words:
+        key, has_value, value = word.partition("=")
+        try:
+            _apply(key, has_value == "=", value, values, skip, notes)
+        except BootError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise BootError("kernel command line: " + "; ".join(problems))
+    return BootParams(skip=frozenset(skip), notes=tuple(notes), **values)  # type: ignore[arg-type]
+
+
+def _apply(key: str, has_value: bool, value: str, values: dict[str, object], skip: set[str],
+           notes: list[str]) -> None:
+    if key == "root" and has_value:
+        values["root"] = parse_root(value)
+    elif key in ("rootfstype", "rootflags") and has_value:
+        values[key] = value or None
+    elif key == "init" and has_value:
+        if not value.startswith("/"):
+            raise BootError(f"init={value}: not an absolute path")
+        values["init"] = value
+    elif key == "rootdelay" and has_value:
+        values["rootdelay"] = _number(key, value)
+    elif key == "panic" and has_value:
+        try:
+            values["panic"] = int(value)
+        except ValueError:
+            raise BootError(f"panic={value}: not an integer") from None
+    elif key in ("rootwait", "quiet") and not has_value:
+        values[key] = True
+    elif key == "ro" and not has_value:
+        values["rw_requested"] = False
+    elif key == "rw" and not has_value:
+        values["rw_requested"] = True
+        notes.append("rw ignored: the root is always mounted read-only")
+    elif key.startswith(PREFIX):
+        _apply_own(key[len(PREFIX):], has_value, value, values, skip, notes)
+
+
+def _apply_own(name: str, has_value: bool, value: str, values: dict[str, object],
+               skip: set[str], notes: list[str]) -> None:
+    if name in _OWN_FLAGS:
+        values[name] = _flag(PREFIX + name, value)
+    elif name == "skip" and has_value:
+        skip.update(part for part in value.split(",") if part)
+    elif name == "test_token" and has_value:
+        values["test_token"] = value
+    else:
+        notes.append(f"{PREFIX}{name}: unknown key, ignored")
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise BootError(f"{key}={value}: not a yes/no value")
+
+
+def _number(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise BootError(f"{key}={value}: not a number of seconds") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise BootError(f"{key}={value}: not a number of seconds")
+    return seconds

@@ -1,0 +1,129 @@
+"""PID 1 of the initramfs: a short flat list of named steps, then switch_root.
+
+Boot-path rule: only stdlib basics and agent.syscalls (ctypes) are imported here;
+pyroute2 only when the root device must be waited for. PID 1 never exits: any
+failure ends in console.fatal(), which follows panic=.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import NoReturn, TypeVar
+
+from agent.boot.cmdline import BootParams, parse_cmdline
+from agent.boot.console import fatal, say
+from agent.boot.early import mount_api_filesystems
+from agent.boot.layout import BASE_ROOT, CMDLINE, SYSROOT, UPTIME
+from agent.boot.modules import load_modules
+from agent.boot.rootfs import mount_root
+from agent.boot.switchroot import check_init, switch_root
+from agent.errors import BootError
+
+T = TypeVar("T")
+
+
+class StepTimer:
+    """Runs named steps, records their duration, and gives unexpected errors context."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+
+    def run(self, name: str, func: Callable[..., T], *args: object) -> T:
+        begin = time.monotonic()
+        try:
+            return func(*args)
+        except BootError:
+            raise
+        except Exception as exc:
+            raise BootError(f"{name}: {describe(exc)}") from exc
+        finally:
+            self.steps.append((name, time.monotonic() - begin))
+
+    def summary(self, init: str) -> str:
+        uptime = read_uptime()
+        start = uptime - (time.monotonic() - self.started)
+        steps = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in self.steps)
+        return f"exec {init} (uptime {uptime:.2f} s; python started {start:.2f} s; {steps})"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for any exception (the fatal path never shows a bare traceback)."""
+    if isinstance(exc, BootError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    text = str(exc)
+    return f"unexpected {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+def read_uptime() -> float:
+    try:
+        with open(UPTIME, encoding="ascii") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def read_cmdline() -> str:
+    with open(CMDLINE, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
+def fallback_params(raw: str) -> BootParams:
+    """panic= and debug from a command line that failed to parse, for the fatal path."""
+    panic = 0
+    for word in raw.split():
+        if word.startswith("panic="):
+            try:
+                panic = int(word[6:])
+            except ValueError:
+                pass
+    return BootParams(panic=panic, debug="overlay_agent.debug" in raw)
+
+
+def activate(params: BootParams, base: str) -> str:
+    """Stack extensions on the base root; the directory to switch into."""
+    try:
+        from agent.boot import activate as activation
+    except ModuleNotFoundError as exc:
+        if exc.name != "agent.boot.activate":
+            raise
+        return base
+    return activation.activate_extensions(base, SYSROOT, activation.ActivationSettings(
+        disable=params.disable, skip=params.skip, strict=params.strict))  # type: ignore[no-any-return]
+
+
+def boot(timer: StepTimer) -> NoReturn:
+    raw = ""
+    params: BootParams | None = None
+    try:
+        # /proc /sys /dev /run stay mounted on failure: the fatal path writes to /dev/kmsg.
+        timer.run("early", mount_api_filesystems, None)
+        with ExitStack() as undo:
+            raw = read_cmdline()
+            params = timer.run("cmdline", parse_cmdline, raw)
+            for note in params.notes:
+                say(note, quiet=params.quiet)
+            timer.run("modules", load_modules)
+            root = timer.run("root", mount_root, params, BASE_ROOT, undo)
+            say(f"root {root.source} ({root.fstype}) mounted read-only", quiet=params.quiet)
+            newroot = timer.run("extensions", activate, params, BASE_ROOT)
+            timer.run("check-init", check_init, newroot, params.init)
+            undo.pop_all()  # from here on the mounts belong to the new root
+        init, quiet = params.init, params.quiet
+        switch_root(newroot, init, params.init_args,
+                    lambda: say(timer.summary(init), quiet=quiet))
+    except BaseException as exc:  # PID 1 must never exit
+        if params is None:
+            params = fallback_params(raw)
+        fatal(describe(exc), panic=params.panic, exc=exc, debug=params.debug)
+
+
+def main() -> NoReturn:
+    try:
+        boot(StepTimer())
+    except BaseException as exc:  # last resort: fatal() itself failed
+        fatal(describe(exc))

@@ -1,0 +1,171 @@
+"""Find the root block device named by root=: read superblocks and partition tables ourselves
+(there is no udev and no blkid in the initramfs) and wait for it through kernel uevents.
+
+On-disk facts: ext2/3/4 superblock at byte 1024, magic 0xEF53 at 1080, UUID at
+1024+0x68, volume name at 1024+0x78; squashfs starts with "hsqs"; GPT header "EFI PART"
+at LBA 1 with the partition entries' unique GUID at entry offset 16; an MBR disk's
+PARTUUID is its signature (offset 440) and the partition number, "SSSSSSSS-NN".
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from agent.boot.cmdline import RootKind, RootSpec
+from agent.errors import BootError
+
+SYS_BLOCK = "/sys/class/block"
+EXT_MAGIC = 0xEF53
+SQUASHFS_MAGIC = b"hsqs"
+GPT_SIGNATURE = b"EFI PART"
+MBR_PROTECTIVE = 0xEE
+
+
+@dataclass(frozen=True)
+class FsInfo:
+    fstype: str
+    uuid: str = ""
+    label: str = ""
+
+
+def format_uuid(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def format_guid(raw: bytes) -> str:
+    """GUIDs store their first three fields little-endian (UEFI spec, appendix A)."""
+    a, b, c = struct.unpack_from("<IHH", raw)
+    return f"{a:08x}-{b:04x}-{c:04x}-{raw[8:10].hex()}-{raw[10:16].hex()}"
+
+
+def probe_filesystem(path: str) -> FsInfo | None:
+    """ext2/3/4 or squashfs by their magic; None when neither (or unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2048)
+    except OSError:
+        return None
+    if head[:4] == SQUASHFS_MAGIC:
+        return FsInfo("squashfs")
+    if len(head) >= 2048 and struct.unpack_from("<H", head, 1080)[0] == EXT_MAGIC:
+        sb = head[1024:2048]
+        label = sb[0x78:0x88].split(b"\0", 1)[0].decode(errors="replace")
+        return FsInfo("ext4", format_uuid(sb[0x68:0x78]), label)
+    return None
+
+
+def read_partuuids(path: str, sector: int = 512) -> dict[int, str]:
+    """Partition number -> PARTUUID from a GPT (preferred) or MBR partition table."""
+    try:
+        with open(path, "rb") as fh:
+            mbr = fh.read(512)
+            fh.seek(sector)
+            gpt = fh.read(92)
+            if gpt[:8] == GPT_SIGNATURE:
+                start, count, size = struct.unpack_from("<QII", gpt, 72)
+                fh.seek(start * sector)
+                table = fh.read(min(count, 1024) * size)
+                return _gpt_entries(table, size)
+    except OSError:
+        return {}
+    return _mbr_entries(mbr)
+
+
+def _gpt_entries(table: bytes, size: int) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for index in range(len(table) // size if size >= 128 else 0):
+        entry = table[index * size:(index + 1) * size]
+        if entry[:16] != bytes(16):
+            out[index + 1] = format_guid(entry[16:32])
+    return out
+
+
+def _mbr_entries(mbr: bytes) -> dict[int, str]:
+    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
+        return {}
+    signature = struct.unpack_from("<I", mbr, 440)[0]
+    out: dict[int, str] = {}
+    for index in range(4):
+        ptype = mbr[446 + 16 * index + 4]
+        if ptype == MBR_PROTECTIVE:
+            return {}
+        if ptype:
+            out[index + 1] = f"{signature:08x}-{index + 1:02x}"
+    return out
+
+
+def _block_devices(sys_block: str) -> Iterator[str]:
+    try:
+        names = sorted(os.listdir(sys_block))
+    except OSError:
+        return
+    yield from names
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as fh:
+        return fh.read().strip()
+
+
+def find_by_partuuid(partuuid: str, sys_block: str = SYS_BLOCK, dev: str = "/dev") -> str | None:
+    tables: dict[str, dict[int, str]] = {}
+    for name in _block_devices(sys_block):
+        entry = os.path.join(sys_block, name)
+        try:
+            number = int(_read(os.path.join(entry, "partition")))
+            disk = os.path.basename(os.path.dirname(os.path.realpath(entry)))
+            if disk not in tables:
+                sector = int(_read(os.path.join(sys_block, disk, "queue", "logical_block_size")))
+                tables[disk] = read_partuuids(os.path.join(dev, disk), sector)
+        except (OSError, ValueError):
+            continue
+        if tables[disk].get(number) == partuuid:
+            return os.path.join(dev, name)
+    return None
+
+
+def find_device(spec: RootSpec, sys_block: str = SYS_BLOCK, dev: str = "/dev") -> str | None:
+    """The device node for root=, or None while it has not appeared."""
+    if spec.kind is RootKind.PATH:
+        return spec.value if os.path.exists(spec.value) else None
+    if spec.kind is RootKind.PARTUUID:
+        return find_by_partuuid(spec.value, sys_block, dev)
+    for name in _block_devices(sys_block):
+        info = probe_filesystem(os.path.join(dev, name))
+        if info is None:
+            continue
+        if (spec.kind is RootKind.UUID and info.uuid == spec.value) or \
+                (spec.kind is RootKind.LABEL and info.label == spec.value):
+            return os.path.join(dev, name)
+    return None
+
+
+def wait_for_device(spec: RootSpec, timeout: float | None) -> str:
+    """Return the device node for `spec`, waiting up to `timeout` s (None = forever)."""
+    found = find_device(spec)
+    if found is not None:
+        return found
+    # Costly import (~115 ms), paid only when the device is not there yet.
+    from pyroute2.netlink.uevent import UeventSocket
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sock = UeventSocket()
+    try:
+        # Listen first, then look again: a device added in between is not missed.
+        sock.bind()
+        while (found := find_device(spec)) is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise BootError(f"root={spec}: device did not appear within {timeout:g} s")
+            ready, _, _ = select.select([sock.fileno()], [], [], left)
+            if ready:
+                sock.get()
+        return found
+    finally:
+        sock.close()

@@ -1,0 +1,149 @@
+"""switch_root pieces and root mounting on real filesystems, in a private mount namespace."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from agent import syscalls
+from agent.boot import loop
+from agent.boot.cmdline import parse_cmdline
+from agent.boot.early import mount_api_filesystems
+from agent.boot.rootfs import mount_root
+from agent.boot.switchroot import delete_contents, is_ramfs, move_api_mounts
+from agent.errors import BootError
+from agent.tools import run
+
+pytestmark = pytest.mark.usefixtures("private_mounts")
+EXT_UUID = "0b9d4c1e-7a52-4c3e-9f4e-5d8a1c2b3e4f"
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    syscalls.mount("tmpfs", str(tmp_path), "tmpfs", 0, "size=16m")
+    yield tmp_path
+    syscalls.umount2(str(tmp_path), syscalls.MNT_DETACH)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("roots")
+    tree = base / "tree"
+    (tree / "sbin").mkdir(parents=True)
+    (tree / "sbin" / "init").write_text("#!/bin/sh\n")
+    (tree / "sbin" / "init").chmod(0o755)
+    run(["mksquashfs", str(tree), str(base / "root.sqsh"), "-quiet", "-noappend", "-all-root"])
+    run(["mkfs.ext4", "-q", "-F", "-U", EXT_UUID, "-L", "kroot", "-d", str(tree),
+         str(base / "root.ext4"), "8M"])
+    (base / "garbage.sqsh").write_bytes(b"hsqs" + os.urandom(8192))
+    return base
+
+
+def test_delete_contents_stays_on_its_filesystem(tmpfs: Path) -> None:
+    (tmpfs / "a" / "b").mkdir(parents=True)
+    (tmpfs / "a" / "b" / "f").write_text("x")
+    (tmpfs / "link").symlink_to("/etc")
+    (tmpfs / "other").mkdir()
+    syscalls.mount("tmpfs", str(tmpfs / "other"), "tmpfs", 0, "size=1m")
+    try:
+        (tmpfs / "other" / "kept").write_text("keep")
+        removed = delete_contents(str(tmpfs), os.lstat(tmpfs).st_dev)
+        assert removed == 4   # a, a/b, a/b/f, link; "other" is a mount point
+        assert sorted(os.listdir(tmpfs)) == ["other"]
+        assert (tmpfs / "other" / "kept").read_text() == "keep"
+        assert os.path.exists("/etc/hostname") or os.path.isdir("/etc")  # link target untouched
+    finally:
+        syscalls.umount2(str(tmpfs / "other"), syscalls.MNT_DETACH)
+
+
+def test_is_ramfs(tmpfs: Path, images: Path) -> None:
+    assert is_ramfs(str(tmpfs))
+    (tmpfs / "sq").mkdir()
+    with ExitStack() as undo:
+        mount_root(parse_cmdline(""), str(tmpfs / "sq"), undo, image=str(images / "root.sqsh"))
+        assert not is_ramfs(str(tmpfs / "sq"))
+
+
+def test_move_api_mounts_detaches_without_mount_point(tmpfs: Path) -> None:
+    (tmpfs / "src").mkdir()
+    (tmpfs / "dst").mkdir()
+    syscalls.mount("tmpfs", str(tmpfs / "src"), "tmpfs", 0, "size=1m")
+    (tmpfs / "src" / "marker").write_text("x")
+    assert move_api_mounts(str(tmpfs / "dst"), (str(tmpfs / "src"),)) == [str(tmpfs / "src")]
+    assert not (tmpfs / "src" / "marker").exists()
+
+
+def test_move_api_mounts_moves(tmpfs: Path) -> None:
+    src = tmpfs / "src"
+    src.mkdir()
+    (tmpfs / "new" / str(src).lstrip("/")).mkdir(parents=True)
+    syscalls.mount("tmpfs", str(src), "tmpfs", 0, "size=1m")
+    (src / "marker").write_text("moved")
+    assert move_api_mounts(str(tmpfs / "new"), (str(src),)) == []
+    assert not (src / "marker").exists()
+    assert (tmpfs / "new" / str(src).lstrip("/") / "marker").read_text() == "moved"
+    syscalls.umount2(str(tmpfs / "new" / str(src).lstrip("/")), syscalls.MNT_DETACH)
+
+
+def test_early_mounts(tmpfs: Path) -> None:
+    with ExitStack() as undo:
+        mounted = mount_api_filesystems(undo, prefix=str(tmpfs))
+        assert mounted == [f"{tmpfs}/proc", f"{tmpfs}/sys", f"{tmpfs}/dev", f"{tmpfs}/run"]
+        assert (tmpfs / "proc" / "cmdline").exists()
+        assert (tmpfs / "dev" / "null").exists()
+        assert is_ramfs(str(tmpfs / "run"))
+    assert not (tmpfs / "proc" / "cmdline").exists()   # undone in reverse
+
+
+def test_mount_root_image_read_only(tmpfs: Path, images: Path) -> None:
+    with ExitStack() as undo:
+        root = mount_root(parse_cmdline("panic=1"), str(tmpfs), undo,
+                          image=str(images / "root.sqsh"))
+        assert (root.fstype, root.source) == ("squashfs", str(images / "root.sqsh"))
+        assert root.device.startswith("/dev/loop")
+        assert os.access(tmpfs / "sbin" / "init", os.X_OK)
+        with pytest.raises(OSError):
+            (tmpfs / "new").write_text("x")
+    backing = Path(f"/sys/block/{os.path.basename(root.device)}/loop/backing_file")
+    assert not backing.exists() or backing.read_text().strip() != str(images / "root.sqsh")
+
+
+def test_mount_root_garbage_image(tmpfs: Path, images: Path) -> None:
+    with ExitStack() as undo, pytest.raises(BootError) as info:
+        mount_root(parse_cmdline(""), str(tmpfs), undo, image=str(images / "garbage.sqsh"))
+    message = str(info.value)
+    assert message.startswith(f"mount root {images}/garbage.sqsh (/dev/loop")
+    assert message.endswith(f"as squashfs on {tmpfs}: Invalid argument")
+
+
+def test_mount_root_no_root(tmpfs: Path) -> None:
+    with ExitStack() as undo, pytest.raises(BootError) as info:
+        mount_root(parse_cmdline(""), str(tmpfs), undo, image=str(tmpfs / "none.sqsh"))
+    assert str(info.value) == (f"no root: give root= on the kernel command line or ship "
+                               f"{tmpfs}/none.sqsh")
+
+
+@pytest.mark.parametrize("root", [f"UUID={EXT_UUID}", "LABEL=kroot", "DEVICE"])
+def test_mount_root_block_device(tmpfs: Path, images: Path, root: str) -> None:
+    fd = os.open(images / "root.ext4", os.O_RDONLY)
+    dev = loop.attach_readonly(fd, str(images / "root.ext4"))
+    os.close(fd)
+    try:
+        params = parse_cmdline(f"root={root.replace('DEVICE', dev.path)} rootdelay=1")
+        with ExitStack() as undo:
+            mounted = mount_root(params, str(tmpfs), undo)
+            assert (mounted.device, mounted.fstype) == (dev.path, "ext4")
+            assert os.access(tmpfs / "sbin" / "init", os.X_OK)
+    finally:
+        loop.detach(dev)
+
+
+def test_mount_root_device_never_appears(tmpfs: Path) -> None:
+    params = parse_cmdline("root=/dev/doesnotexist rootdelay=0.3")
+    with ExitStack() as undo, pytest.raises(BootError) as info:
+        mount_root(params, str(tmpfs), undo)
+    assert str(info.value) == "root=/dev/doesnotexist: device did not appear within 0.3 s"

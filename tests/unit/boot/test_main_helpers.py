@@ -1,0 +1,65 @@
+"""PID 1 helpers that need no kernel: error lines, fallback params, module list, timing."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from agent.boot.cmdline import BootParams
+from agent.boot.console import fatal_line
+from agent.boot.main import StepTimer, describe, fallback_params
+from agent.boot.modules import load_module, read_module_list
+from agent.errors import BootError
+
+
+@pytest.mark.parametrize(("exc", "line"), [
+    (BootError("root=/dev/x: device did not appear within 3 s"),
+     "root=/dev/x: device did not appear within 3 s"),
+    (OSError(errno.ENOENT, "No such file or directory", "/x"), "/x: No such file or directory"),
+    (OSError(errno.EIO, "Input/output error"), "Input/output error"),
+    (KeyError("k"), "unexpected KeyError: 'k'"),
+    (KeyboardInterrupt(), "unexpected KeyboardInterrupt"),
+])
+def test_describe(exc: BaseException, line: str) -> None:
+    assert describe(exc) == line
+
+
+def test_fatal_line_is_one_line() -> None:
+    assert fatal_line("a") == "overlay-agent: fatal: a"
+
+
+@pytest.mark.parametrize(("raw", "params"), [
+    ("root=bad panic=5", BootParams(panic=5)),
+    ("panic=x overlay_agent.debug root=bad", BootParams(debug=True)),
+    ("", BootParams()),
+])
+def test_fallback_params(raw: str, params: BootParams) -> None:
+    assert fallback_params(raw) == params
+
+
+def test_step_timer_wraps_unexpected_errors() -> None:
+    timer = StepTimer()
+
+    def broken() -> None:
+        raise ValueError("bad value")
+
+    with pytest.raises(BootError) as info:
+        timer.run("modules", broken)
+    assert str(info.value) == "modules: unexpected ValueError: bad value"
+    assert timer.run("cmdline", lambda: 7) == 7
+    assert [name for name, _ in timer.steps] == ["modules", "cmdline"]
+
+
+def test_module_list(tmp_path: Path) -> None:
+    listing = tmp_path / "modules.load"
+    listing.write_text("# deps first\n/lib/modules/k/a.ko\n\n/lib/modules/k/b.ko.xz\n")
+    assert read_module_list(str(listing)) == ["/lib/modules/k/a.ko", "/lib/modules/k/b.ko.xz"]
+    assert read_module_list(str(tmp_path / "missing")) == []
+
+
+def test_missing_module_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(BootError) as info:
+        load_module(str(tmp_path / "loop.ko.zst"))
+    assert str(info.value) == f"kernel module {tmp_path}/loop.ko.zst: No such file or directory"
