@@ -21,6 +21,7 @@ from agent.errors import AgentError
 COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.fetch_kernels",
     "agent.commands.validate",
+    "agent.commands.pack",
     "agent.commands.build",
     "agent.commands.inspect",
 )

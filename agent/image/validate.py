@@ -17,6 +17,7 @@ from agent.image.baseroot import BaseRoot, Kind, kind_of, load_base_root
 from agent.image.manifest import MANIFEST, RANGE_KEY, Manifest, load_manifest
 from agent.image.model import Problem, UnpackedExtension
 from agent.image.policy import DEFAULT_POLICY, DuplicateFiles, Policy
+from agent.image.unpack import climbs_above_root
 from agent.image.versions import Version, VersionRangeError, parse_version
 
 ROOTFS = "rootfs"
@@ -105,15 +106,7 @@ def leaves_rootfs(entry: RootfsEntry) -> bool:
     """A relative symlink target that climbs above rootfs/ (absolute ones resolve in the root)."""
     if entry.target.startswith("/"):
         return False
-    depth = entry.path.count("/") - 1
-    for part in entry.target.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in ("", "."):
-            depth += 1
-    return False
+    return climbs_above_root(entry.path.count("/") - 1, entry.target)
 
 
 def check_entry(entry: RootfsEntry, policy: Policy) -> Iterator[str]:

@@ -1,0 +1,285 @@
+"""Safe unpacking of image layers into a staging folder, in order, with OCI whiteouts.
+
+Nothing is ever written outside the staging folder: member names with `..` or a leading
+`/` are refused, parent paths are resolved component by component without leaving the
+staging tree (a symlink that would lead out is refused, never followed), files are created
+with O_EXCL|O_NOFOLLOW, hard links must point at files inside the tree, device, fifo and
+socket members are refused, and the decompressed stream is counted so that a layer bigger
+than the limit (a decompression bomb) stops early. Whiteouts follow the OCI image spec
+(layer.md): `.wh.NAME` deletes NAME from lower layers, `.wh..wh..opq` empties a directory
+of what lower layers put there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from agent.errors import UnpackError
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+MAX_SYMLINK_HOPS = 40
+_CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class LayerTooBig(Exception):
+    pass
+
+
+class CountingReader:
+    """A read-only stream that hashes what passes and stops past `limit` bytes."""
+
+    def __init__(self, raw: IO[bytes], limit: int) -> None:
+        self.raw, self.limit, self.count = raw, limit, 0
+        self.sha256 = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n if n is not None and n >= 0 else _CHUNK)
+        self.count += len(data)
+        # tar pads to 10 KiB records past the content; allow a little over the limit for that
+        if self.count > self.limit + 65536:
+            raise LayerTooBig
+        self.sha256.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+@dataclass
+class LayerState:
+    """What one layer run needs to remember: the folder, who it is for, what it created."""
+
+    root: str
+    label: str                          # "SOURCE: layer N (sha256:...)", starts each message
+    max_size: int
+    created: set[str] = field(default_factory=set)
+    dir_modes: dict[str, int] = field(default_factory=dict)
+    size: int = 0
+
+    def refuse(self, member: str, reason: str) -> UnpackError:
+        return UnpackError(f"{self.label}: member {member!r}: {reason}")
+
+
+def member_parts(state: LayerState, name: str) -> list[str]:
+    """Split a member name into components; refuse absolute names and `..`."""
+    if name.startswith("/"):
+        raise state.refuse(name, "absolute member names are not allowed")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise state.refuse(name, "'..' components are not allowed")
+    return parts
+
+
+def resolve_dir(state: LayerState, member: str, parts: list[str], create: bool) -> str | None:
+    """The real path of folder `parts` inside the staging root, following only symlinks that
+    stay inside it; create missing folders when `create`, else return None for a missing one."""
+    stack: list[str] = []
+    todo = list(parts)
+    hops = 0
+    while todo:
+        comp = todo.pop(0)
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not stack:
+                raise state.refuse(member, "path leads outside the staging folder")
+            stack.pop()
+            continue
+        here = os.path.join(state.root, *stack, comp)
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.mkdir(here, 0o755)
+            state.created.add(here)
+            stack.append(comp)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            target = os.readlink(here)
+            if hops > MAX_SYMLINK_HOPS:
+                raise state.refuse(member, "too many levels of symlinks")
+            if target.startswith("/") or climbs_above_root(len(stack), target):
+                shown = "/".join([*stack, comp])
+                raise state.refuse(member, f"writes through symlink {shown!r} -> {target!r}, "
+                                           "which points outside the staging folder")
+            todo = target.split("/") + todo
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            if not create:
+                return None
+            os.unlink(here)     # a file in a lower layer replaced by a folder in this one
+            os.mkdir(here, 0o755)
+            state.created.add(here)
+        stack.append(comp)
+    return os.path.join(state.root, *stack)
+
+
+def climbs_above_root(depth: int, target: str) -> bool:
+    """Does relative symlink `target`, seen from a folder `depth` levels below the root,
+    climb above the root?"""
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def remove_entry(path: str) -> None:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)   # rmtree never follows symlinks inside the tree
+    else:
+        os.unlink(path)
+
+
+def apply_whiteout(state: LayerState, member: str, parts: list[str]) -> None:
+    folder = resolve_dir(state, member, parts[:-1], create=parts[-1] == OPAQUE)
+    if folder is None:
+        return
+    if parts[-1] == OPAQUE:
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if path not in state.created:
+                remove_entry(path)
+        return
+    name = parts[-1][len(WHITEOUT):]
+    if name in ("", ".", ".."):
+        raise state.refuse(member, "bad whiteout name")
+    path = os.path.join(folder, name)
+    if os.path.lexists(path):
+        remove_entry(path)
+
+
+def clear_final(path: str, keep_dir: bool) -> None:
+    """Make room for a new entry; a folder stays when the new entry is a folder too."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if keep_dir and stat.S_ISDIR(st.st_mode):
+        return
+    remove_entry(path)
+
+
+def write_file(state: LayerState, member: tarfile.TarInfo, data: IO[bytes] | None,
+               path: str) -> None:
+    state.size += member.size
+    if state.size > state.max_size:
+        raise LayerTooBig
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "wb") as out:
+        if data is not None:
+            shutil.copyfileobj(data, out, _CHUNK)
+        os.fchmod(out.fileno(), member.mode & 0o7777)
+    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+def link_hard(state: LayerState, member: tarfile.TarInfo, path: str) -> None:
+    name = member.name
+    if member.linkname.startswith("/"):
+        raise state.refuse(name, f"hard link target {member.linkname!r} is outside the "
+                                 "staging folder")
+    parts = [p for p in member.linkname.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise state.refuse(name, f"hard link target {member.linkname!r} is outside the "
+                                 "staging folder")
+    folder = resolve_dir(state, name, parts[:-1], create=False)
+    target = os.path.join(folder, parts[-1]) if folder is not None else ""
+    if not target or not os.path.lexists(target):
+        raise state.refuse(name, f"hard link target {member.linkname!r} does not exist")
+    if stat.S_ISDIR(os.lstat(target).st_mode):
+        raise state.refuse(name, f"hard link target {member.linkname!r} is a directory")
+    os.link(target, path, follow_symlinks=False)
+
+
+def unpack_member(state: LayerState, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    parts = member_parts(state, member.name)
+    if not parts:
+        return      # "./": the root itself
+    if member.ischr() or member.isblk():
+        raise state.refuse(member.name, "device files are not allowed")
+    if member.isfifo():
+        raise state.refuse(member.name, "fifos are not allowed")
+    if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
+        raise state.refuse(member.name, f"unsupported member type {member.type!r}")
+    if parts[-1].startswith(WHITEOUT):
+        apply_whiteout(state, member.name, parts)
+        return
+    folder = resolve_dir(state, member.name, parts[:-1], create=True)
+    assert folder is not None
+    path = os.path.join(folder, parts[-1])
+    clear_final(path, keep_dir=member.isdir())
+    if member.isdir():
+        if not os.path.lexists(path):
+            os.mkdir(path, 0o755)
+        state.dir_modes[path] = member.mode & 0o7777
+    elif member.isreg():
+        write_file(state, member, tf.extractfile(member), path)
+    elif member.issym():
+        os.symlink(member.linkname, path)
+    else:
+        link_hard(state, member, path)
+    state.created.add(path)
+
+
+def open_decompressed(raw: IO[bytes], label: str) -> IO[bytes]:
+    """Undo gzip (or nothing); zstd needs a module Python's standard library lacks here."""
+    head = raw.read(4)
+    raw.seek(0)
+    if head.startswith(_GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=raw, mode="rb")     # type: ignore[return-value]
+    if head == _ZSTD_MAGIC:
+        raise UnpackError(f"{label}: zstd-compressed layers are not supported")
+    return raw
+
+
+def unpack_layer(raw: IO[bytes], root: Path, label: str, max_size: int,
+                 diff_id: str | None = None) -> dict[str, int]:
+    """Unpack one layer stream over `root`; return folder modes to apply when all are done."""
+    state = LayerState(str(root), label, max_size)
+    reader = CountingReader(open_decompressed(raw, label), max_size)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]
+            for member in tf:
+                unpack_member(state, tf, member)
+        reader.drain()
+    except LayerTooBig:
+        raise UnpackError(f"{label}: unpacks to more than the limit of {max_size} bytes "
+                          "(see --max-layer-size)") from None
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename:
+            raise UnpackError(f"{label}: cannot write {exc.filename}: {exc.strerror}") from None
+        raise UnpackError(f"{label}: not a valid tar layer: {exc}") from None
+    if diff_id is not None and f"sha256:{reader.sha256.hexdigest()}" != diff_id:
+        raise UnpackError(f"{label}: uncompressed content does not match its diff_id "
+                          f"{diff_id}")
+    return state.dir_modes
+
+
+def apply_dir_modes(modes: dict[str, int]) -> None:
+    """Set folder modes deepest first, after all layers (a 0555 folder must stay writable
+    while it is filled)."""
+    for path in sorted(modes, key=lambda p: p.count("/"), reverse=True):
+        try:
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                os.chmod(path, modes[path])
+        except FileNotFoundError:
+            pass    # removed by a later layer's whiteout
