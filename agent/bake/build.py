@@ -234,8 +234,9 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
     problems += found
     with tempfile.TemporaryDirectory(prefix="overlay-agent-build.") as tmp:
         work = Path(tmp)
-        exts, found = fetch_all(sources, work / "staging", request, progress) \
-            if len(sources) <= MAX_LAYERS else ([], [])
+        unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once
+        exts, found = fetch_all(unique, work / "staging", request, progress) \
+            if len(unique) <= MAX_LAYERS else ([], [])
         problems += found
         if exts:
             problems += validate_all(exts, request)

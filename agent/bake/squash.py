@@ -54,7 +54,9 @@ def plan_parallelism(count: int, jobs: int) -> tuple[int, int]:
 
 def squash_one(job: SquashJob, options: SquashOptions, processors: int) -> Path:
     job.image.parent.mkdir(parents=True, exist_ok=True)
-    run(squash_argv(job, options, processors), capture=True)
+    # mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time.
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    run(squash_argv(job, options, processors), capture=True, env=env)
     return job.image
 
 
