@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.pack",
     "agent.commands.build",
     "agent.commands.inspect",
+    "agent.commands.get",
+    "agent.commands.boot",
 )
 
 

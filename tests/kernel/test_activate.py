@@ -21,6 +21,7 @@ import pytest
 from agent import syscalls
 from agent.boot import activate, overlay
 from agent.boot.activate import ActivationSettings, activate_extensions, activate_mounted_root
+from agent.cli import main
 from agent.contract import ExtensionList, ExtensionMetadata, Layer, dump_list
 from agent.errors import BootError
 from agent.status import OverlayApi, Phase, read_status
@@ -397,3 +398,20 @@ def test_loop_configure_fallbacks(env: Env, image_cache: Callable[[int], Path],
         dev = loop_of(image)
         assert (dev / "ro").read_text().strip() == "1"
         assert (dev / "loop/autoclear").read_text().strip() == "1"
+
+
+def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    env.add(image_cache, [0, 1, 2])
+    (env.work / "cmdline").write_text("root=/dev/sda1 ro overlay_agent.skip=ext2\n")
+    syscalls.mount(str(env.base), str(env.target), None, syscalls.MS_BIND)
+    s = env.settings
+    assert main(["boot", "--root", str(env.target), "--list", s.list_path, "--images",
+                 s.images_dir, "--status", s.status_path, "--staging", s.staging_dir,
+                 "--cmdline", str(env.work / "cmdline")]) == 0
+    assert env.read(f"{SHARE}/layer") == "1"
+    assert main(["get", "extensions", "--status", s.status_path]) == 0
+    rows = [line.split()[3:] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert rows == [["000-ext0", "1", "ext0", "1.0", "active"],
+                    ["001-ext1", "1", "ext1", "1.1", "active"],
+                    ["002-ext2", "1", "ext2", "1.2", "skipped", "overlay_agent.skip=ext2"]]

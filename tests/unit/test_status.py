@@ -1,0 +1,186 @@
+"""The status file (write, read, validate) and `get extensions` in its three shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.boot.activate import ActivationSettings, settings_from_cmdline
+from agent.cli import main
+from agent.commands.get import render_json, render_table, render_yaml
+from agent.errors import StatusError
+from agent.status import (
+    BootStatus,
+    ExtensionStatus,
+    OverlayApi,
+    Phase,
+    read_status,
+    status_to_dict,
+    write_status,
+)
+
+STAMP = "2022-02-10T18:25:04Z"
+GVISOR = ExtensionStatus(
+    index=0, id="000.ghcr.io-talos-systems-gvisor-54b831d",
+    image="000.ghcr.io-talos-systems-gvisor-54b831d.sqsh", kind="extension", name="gvisor",
+    version="20220117.0-v1.0.0", phase=Phase.ACTIVE, author="Andrew Rynhard",
+    description="This system extension provides gVisor using containerd's runtime handler.\n",
+    compatibility={"talos": {"version": ">= v1.0.0"}}, created=STAMP, updated=STAMP)
+BROKEN = ExtensionStatus(
+    index=1, id="001-broken", image="001-broken.sqsh", kind="extension", name="broken",
+    version="2.0", phase=Phase.FAILED, reason="/extensions/001-broken.sqsh: size 1 bytes, "
+    "the list says 2", created=STAMP, updated=STAMP)
+ALL_ACTIVE = BootStatus(extensions=(GVISOR,), root="/sysroot", overlay=OverlayApi.MOUNT)
+ONE_FAILED = BootStatus(extensions=(GVISOR, BROKEN), root="/sysroot", overlay=OverlayApi.MOUNT)
+
+TABLE = """\
+NODE         NAMESPACE   TYPE              ID                                         VERSION   NAME     VERSION
+172.20.0.2   runtime     ExtensionStatus   000.ghcr.io-talos-systems-gvisor-54b831d   1         gvisor   20220117.0-v1.0.0
+"""
+
+TABLE_FAILED = """\
+NODE   NAMESPACE   TYPE              ID                                         VERSION   NAME     VERSION             PHASE    REASON
+n1     runtime     ExtensionStatus   000.ghcr.io-talos-systems-gvisor-54b831d   1         gvisor   20220117.0-v1.0.0   active
+n1     runtime     ExtensionStatus   001-broken                                 1         broken   2.0                 failed   /extensions/001-broken.sqsh: size 1 bytes, the list says 2
+"""
+
+YAML = """\
+node: 172.20.0.2
+metadata:
+    namespace: runtime
+    type: ExtensionStatuses.runtime.talos.dev
+    id: 000.ghcr.io-talos-systems-gvisor-54b831d
+    version: 1
+    owner: runtime.ExtensionStatusController
+    phase: running
+    created: 2022-02-10T18:25:04Z
+    updated: 2022-02-10T18:25:04Z
+spec:
+    image: 000.ghcr.io-talos-systems-gvisor-54b831d.sqsh
+    metadata:
+        name: gvisor
+        version: 20220117.0-v1.0.0
+        author: Andrew Rynhard
+        description: |
+            This system extension provides gVisor using containerd's runtime handler.
+        compatibility:
+            talos:
+                version: '>= v1.0.0'
+"""
+
+
+def test_table_has_the_talos_columns() -> None:
+    assert render_table(ALL_ACTIVE, "172.20.0.2") == TABLE
+
+
+def test_table_shows_phase_and_reason_when_a_layer_failed() -> None:
+    assert render_table(ONE_FAILED, "n1") == TABLE_FAILED
+
+
+def test_table_of_no_extensions_is_the_header() -> None:
+    assert render_table(BootStatus(), "n1").split() == [
+        "NODE", "NAMESPACE", "TYPE", "ID", "VERSION", "NAME", "VERSION"]
+
+
+def test_yaml_is_talos_shape() -> None:
+    assert render_yaml(ALL_ACTIVE, "172.20.0.2") == YAML
+
+
+def test_yaml_of_a_failed_layer_carries_phase_and_reason() -> None:
+    docs = list(yaml.safe_load_all(render_yaml(ONE_FAILED, "n1")))
+    assert len(docs) == 2
+    assert docs[1]["metadata"]["phase"] == "failed"
+    assert docs[1]["spec"]["reason"] == BROKEN.reason
+    assert "reason" not in docs[0]["spec"]
+
+
+def test_json_is_one_object_per_extension_with_the_yaml_data() -> None:
+    objects = [json.loads(line) for line in render_json(ONE_FAILED, "n1").splitlines()]
+    docs = list(yaml.safe_load_all(render_yaml(ONE_FAILED, "n1")))
+    for doc in docs:     # yaml reads the plain timestamps as datetimes
+        assert doc["metadata"]["created"].isoformat() == "2022-02-10T18:25:04+00:00"
+        doc["metadata"]["created"] = doc["metadata"]["updated"] = STAMP
+    assert objects == docs
+
+
+def test_status_round_trips_through_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "overlay-agent" / "status.json"
+    status = BootStatus(extensions=(GVISOR, BROKEN), root="/sysroot",
+                        overlay=OverlayApi.FSCONFIG, notes=("a note",), strict=True,
+                        list_path="/extensions.yaml", activated=STAMP, duration_ms=1.5)
+    write_status(str(path), status)
+    assert read_status(str(path)) == status
+    assert os.listdir(path.parent) == ["status.json"]    # no temp file left
+
+
+def _doc(**changes: Any) -> dict[str, Any]:
+    doc = status_to_dict(ALL_ACTIVE)
+    ext = doc["extensions"][0]
+    for key, value in changes.items():
+        target = ext if key.startswith("ext_") else doc
+        target[key.removeprefix("ext_")] = value
+    return doc
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ([], "F: top level is not an object"),
+    (_doc(schema=2), "F: unknown status schema 2"),
+    (_doc(overlay="magic", notes={}), "F: unknown overlay 'magic'; F: notes is not a list"),
+    (_doc(extensions={}), "F: extensions is not a list"),
+    (_doc(ext_id=3, ext_index="0", ext_phase="running", ext_compatibility=[]),
+     "F: extensions[0]: id is not a string; F: extensions[0]: index is not an integer; "
+     "F: extensions[0]: unknown phase 'running'; F: extensions[0]: compatibility is not an "
+     "object"),
+])
+def test_bad_status_files_name_every_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             doc: Any, message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("F").write_text(json.dumps(doc))
+    with pytest.raises(StatusError) as exc:
+        read_status("F")
+    assert str(exc.value) == message
+
+
+def test_unreadable_json_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text("{")
+    with pytest.raises(StatusError, match=r"s.json: not valid JSON \(Expecting"):
+        read_status(str(path))
+
+
+def test_get_on_a_system_booted_without_the_agent(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "status.json"
+    assert main(["get", "extensions", "--status", str(missing)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"overlay-agent: error: {missing}: not found: this system did not boot "
+                   "through overlay-agent\n")
+
+
+@pytest.mark.parametrize("fmt", ["table", "yaml", "json"])
+def test_get_prints_from_the_status_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         fmt: str) -> None:
+    path = tmp_path / "status.json"
+    write_status(str(path), ONE_FAILED)
+    assert main(["get", "extensions", "-o", fmt, "--status", str(path)]) == 0
+    node = os.uname().nodename
+    render = {"table": render_table, "yaml": render_yaml, "json": render_json}[fmt]
+    assert capsys.readouterr().out == render(ONE_FAILED, node)
+
+
+@pytest.mark.parametrize(("cmdline", "expected"), [
+    ("root=/dev/vda ro quiet", ActivationSettings()),
+    ("overlay_agent.disable", ActivationSettings(disable=True)),
+    ("overlay_agent.disable=0 overlay_agent.strict=1", ActivationSettings(strict=True)),
+    ("overlay_agent.skip=a,b overlay_agent.skip=c,", ActivationSettings(
+        skip=frozenset({"a", "b", "c"}))),
+    ("init=/bin/sh -- overlay_agent.strict", ActivationSettings()),
+])
+def test_settings_from_cmdline(cmdline: str, expected: ActivationSettings) -> None:
+    assert settings_from_cmdline(cmdline) == expected
