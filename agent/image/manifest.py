@@ -75,7 +75,7 @@ def check_manifest(doc: Any) -> Manifest:
         if value is None or value == "":
             problems.append(f"metadata.{key}: missing")
         elif not isinstance(value, str):
-            problems.append(f"metadata.{key}: not a string")
+            problems.append(f"metadata.{key}: not a string (quote it in YAML)")
     name = meta.get("name")
     if isinstance(name, str) and name and not NAME_RE.fullmatch(name):
         problems.append(f"metadata.name: {name!r} may hold only lowercase letters, digits, "

@@ -47,10 +47,6 @@ class Policy:
         """Is `path` ("/usr/local/bin/x") at or under an allowed path (on path boundaries)?"""
         return any(path == p or path.startswith(p + "/") for p in self.allowed_paths)
 
-    def is_ancestor(self, path: str) -> bool:
-        """Is directory `path` ("/usr/lib") on the way to an allowed path?"""
-        return path == "/" or any(p.startswith(path + "/") for p in self.allowed_paths)
-
 
 DEFAULT_POLICY = Policy()
 _KEYS = ("allowed_paths", "allow_setuid", "duplicate_files")

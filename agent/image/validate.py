@@ -115,10 +115,8 @@ def check_entry(entry: RootfsEntry, policy: Policy) -> Iterator[str]:
         yield (f"special files are not allowed "
                f"({_SPECIAL_NAMES.get(stat.S_IFMT(entry.mode), 'unknown type')})")
         return
-    if kind is Kind.DIR:
-        if not (policy.allows(entry.path) or policy.is_ancestor(entry.path)):
-            yield "directory is not under an allowed path"
-    elif not policy.allows(entry.path):
+    # folders merge with the base's in the overlay: only what they hold is judged
+    if kind is not Kind.DIR and not policy.allows(entry.path):
         yield "not under an allowed path"
     if entry.path in FORBIDDEN_FILES:
         yield FORBIDDEN_FILES[entry.path]

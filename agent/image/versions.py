@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _VERSION = re.compile(r"v?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
-_CONSTRAINT = re.compile(r"\s*(>=|<=|!=|~>|=|>|<)?\s*(\S+)\s*")
+_CONSTRAINT = re.compile(r"\s*(>=|<=|!=|~>|=|>|<)?\s*(v?\d\S*)\s*")
 _OPS: dict[str, Callable[[tuple[int, ...], tuple[int, ...]], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
     "=": operator.eq, "!=": operator.ne,
