@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,14 +43,25 @@ def make_base(base: Path, moddir: str, stock: Path, release: str, deps: list[str
         (base / "usr/lib/modules").symlink_to("../../lib/modules")
 
 
-def mount(*argv: str) -> None:
+@pytest.fixture
+def mounted() -> Iterator[list[str]]:
+    """Mount points to unmount (in reverse) after the test."""
+    points: list[str] = []
+    yield points
+    for point in reversed(points):
+        subprocess.run(["umount", point], check=False)
+
+
+def mount(points: list[str], *argv: str) -> None:
     subprocess.run(["mount", *argv], check=True)
+    points.append(argv[-1])
 
 
 @pytest.mark.parametrize("suite,moddir", [("bookworm", "lib/modules"),
                                           ("trixie", "usr/lib/modules")])
 def test_modprobe_resolves_a_module_only_an_extension_ships(
-        tmp_path: Path, suite: str, moddir: str, private_mounts: None) -> None:
+        tmp_path: Path, suite: str, moddir: str, private_mounts: None,
+        mounted: list[str]) -> None:
     try:
         kernel = load_kernel(KERNELS, suite)
     except AgentError:
@@ -74,11 +86,11 @@ def test_modprobe_resolves_a_module_only_an_extension_ships(
         image, mnt = tmp_path / layer.image, tmp_path / layer.id
         image.write_bytes(tree[f"extensions/{layer.image}"].content())
         mnt.mkdir()
-        mount("-t", "squashfs", "-o", "loop,ro", str(image), str(mnt))
+        mount(mounted, "-t", "squashfs", "-o", "loop,ro", str(image), str(mnt))
         lowers.append(str(mnt))
     merged = tmp_path / "merged"
     merged.mkdir()
-    mount("-t", "overlay", "overlay", "-o", f"ro,lowerdir={':'.join([*lowers, str(base)])}",
+    mount(mounted, "-t", "overlay", "overlay", "-o", f"ro,lowerdir={':'.join([*lowers, str(base)])}",
           str(merged))
     modlayer = Path(lowers[0]) / moddir / release
     assert (modlayer / "modules.dep").is_file() and not (modlayer / "kernel").exists()
