@@ -1,0 +1,222 @@
+"""Hostile layers: every refusal names the member, and nothing appears outside staging."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import UnpackError
+from agent.image.unpack import apply_dir_modes, unpack_layer
+from tests.unit.image.layers import M, layer
+
+LIMIT = 1 << 20
+
+
+def snapshot(top: Path, skip: Path) -> dict[str, tuple[int, bytes]]:
+    """Every entry under `top` except `skip`: mode and content (or link target)."""
+    out: dict[str, tuple[int, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if Path(dirpath, d) != skip]
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            body = (os.readlink(p).encode() if stat.S_ISLNK(st.st_mode)
+                    else hashlib.sha256(p.read_bytes()).digest() if stat.S_ISREG(st.st_mode)
+                    else b"")
+            out[str(p.relative_to(top))] = (st.st_mode, body)
+    return out
+
+
+@pytest.fixture
+def arena(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(staging, outside): outside holds a secret; afterwards nothing outside staging changed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    before = snapshot(tmp_path, staging)
+    yield staging, outside
+    assert snapshot(tmp_path, staging) == before
+
+
+def unpack(staging: Path, *layers: bytes, limit: int = LIMIT) -> None:
+    modes: dict[str, int] = {}
+    for i, data in enumerate(layers):
+        modes.update(unpack_layer(io.BytesIO(data), staging, f"src: layer {i}", limit))
+    apply_dir_modes(modes)
+
+
+@functools.cache
+def bombs() -> tuple[bytes, bytes]:
+    """8 MiB of zeros gzipped to a few KiB; 3000 empty members (headers only)."""
+    return (layer(M("zeros", data=bytes(8 * LIMIT)), gz=True),
+            layer(*(M(f"e{i}", data=b"") for i in range(3000)), gz=True))
+
+
+def hostile_cases(outside: Path) -> list[tuple[str, list[bytes], str]]:
+    out = str(outside)
+    return [
+        ("dotdot", [layer(M("../escape"))],
+         "member '../escape': '..' components are not allowed"),
+        ("dotdot-deep", [layer(M("a/../../escape"))],
+         "member 'a/../../escape': '..' components are not allowed"),
+        ("absolute", [layer(M(f"{out}/abs"))],
+         f"member '{out}/abs': absolute member names are not allowed"),
+        ("symlink-absolute", [layer(M("link", "sym", link=out), M("link/pwned"))],
+         f"member 'link/pwned': writes through symlink 'link' -> '{out}', which points "
+         "outside the staging folder"),
+        ("symlink-relative", [layer(M("d", "dir"), M("d/link", "sym", link="../../outside"),
+                                    M("d/link/pwned"))],
+         "member 'd/link/pwned': writes through symlink 'd/link' -> '../../outside', which "
+         "points outside the staging folder"),
+        ("symlink-chain", [layer(M("a", "sym", link="b"), M("b", "sym", link="../outside"),
+                                 M("a/pwned"))],
+         "member 'a/pwned': writes through symlink 'b' -> '../outside', which points outside "
+         "the staging folder"),
+        ("symlink-earlier-layer", [layer(M("link", "sym", link=out)),
+                                   layer(M("link/pwned"))],
+         f"member 'link/pwned': writes through symlink 'link' -> '{out}', which points "
+         "outside the staging folder"),
+        ("symlink-loop", [layer(M("a", "sym", link="b"), M("b", "sym", link="a"),
+                                M("a/x"))],
+         "member 'a/x': too many levels of symlinks"),
+        ("hardlink-absolute", [layer(M("h", "link", link=f"{out}/secret"))],
+         f"member 'h': hard link target '{out}/secret' is outside the staging folder"),
+        ("hardlink-dotdot", [layer(M("h", "link", link="../outside/secret"))],
+         "member 'h': hard link target '../outside/secret' is outside the staging folder"),
+        ("hardlink-through-symlink", [layer(M("l", "sym", link=out),
+                                            M("h", "link", link="l/secret"))],
+         f"member 'h': writes through symlink 'l' -> '{out}', which points outside the "
+         "staging folder"),
+        ("hardlink-missing", [layer(M("h", "link", link="nothing"))],
+         "member 'h': hard link target 'nothing' does not exist"),
+        ("char-device", [layer(M("null", "chr"))], "member 'null': device files are not allowed"),
+        ("block-device", [layer(M("sda", "blk"))], "member 'sda': device files are not allowed"),
+        ("fifo", [layer(M("pipe", "fifo"))], "member 'pipe': fifos are not allowed"),
+        ("whiteout-through-symlink", [layer(M("l", "sym", link=out)),
+                                      layer(M("l/.wh.secret"))],
+         f"member 'l/.wh.secret': writes through symlink 'l' -> '{out}', which points outside "
+         "the staging folder"),
+        ("opaque-through-symlink", [layer(M("l", "sym", link="../outside")),
+                                    layer(M("l/.wh..wh..opq"))],
+         "member 'l/.wh..wh..opq': writes through symlink 'l' -> '../outside', which points "
+         "outside the staging folder"),
+        ("gzip-bomb", [bombs()[0]],
+         f"src: layer 0: unpacks to more than the limit of {LIMIT} bytes"),
+        ("size-lie", [layer(M("huge", size=5 * 2**30))],
+         f"src: layer 0: unpacks to more than the limit of {LIMIT} bytes"),
+        ("header-bomb", [bombs()[1]],
+         f"src: layer 0: unpacks to more than the limit of {LIMIT} bytes"),
+    ]
+
+
+CASE_NAMES = [c[0] for c in hostile_cases(Path("/x"))]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_hostile_layer_is_refused(arena: tuple[Path, Path], name: str) -> None:
+    staging, outside = arena
+    _, layers, message = next(c for c in hostile_cases(outside) if c[0] == name)
+    with pytest.raises(UnpackError) as exc:
+        unpack(staging, *layers)
+    assert message in str(exc.value)
+    assert str(exc.value).startswith("src: layer ")
+    assert "\n" not in str(exc.value)
+
+
+def test_header_bomb_counts_headers_not_only_sizes(arena: tuple[Path, Path]) -> None:
+    staging, _ = arena
+    with pytest.raises(UnpackError, match="more than the limit"):
+        unpack(staging, bombs()[1], limit=4096)
+    assert len(os.listdir(staging)) < 200
+
+
+def test_whole_suite_is_quick(tmp_path: Path) -> None:
+    """The hostile suite's cost, for the report: every case in one loop."""
+    start = time.monotonic()
+    for i, (_, layers, _) in enumerate(hostile_cases(tmp_path / "outside")):
+        staging = tmp_path / f"s{i}"
+        staging.mkdir()
+        with pytest.raises(UnpackError):
+            unpack(staging, *layers)
+    assert time.monotonic() - start < 10
+
+
+def test_symlink_replaced_by_file_is_not_written_through(arena: tuple[Path, Path]) -> None:
+    staging, outside = arena
+    unpack(staging, layer(M("x", "sym", link=str(outside / "secret")), M("d", "sym",
+                                                                          link=str(outside))),
+           layer(M("x", data=b"new"), M("d", "dir"), M("d/f", data=b"inside")))
+    assert (staging / "x").read_bytes() == b"new"
+    assert not (staging / "x").is_symlink()
+    assert (staging / "d" / "f").read_bytes() == b"inside"
+    assert (outside / "secret").read_text() == "secret"
+
+
+def test_whiteouts(arena: tuple[Path, Path]) -> None:
+    staging, _ = arena
+    unpack(staging,
+           layer(M("a", "dir"), M("a/x"), M("a/y"), M("b", "dir"), M("b/z"), M("c", "dir"),
+                 M("c/old"), M("c/sub", "dir"), M("c/sub/deep")),
+           layer(M("a/.wh.x"), M(".wh.b"), M("c/new"), M("c/.wh..wh..opq"),
+                 M(".wh.never-existed")))
+    tree = sorted(str(p.relative_to(staging)) for p in staging.rglob("*"))
+    assert tree == ["a", "a/y", "c", "c/new"]
+
+
+def test_symlinks_inside_staging_are_followed(arena: tuple[Path, Path]) -> None:
+    staging, _ = arena
+    unpack(staging, layer(M("usr", "dir"), M("usr/lib", "dir"), M("lib", "sym", link="usr/lib"),
+                          M("lib/firmware/x", data=b"fw"), M("abs", "sym", link="/usr/lib")),
+           layer(M("usr/lib/firmware/.wh.x")))
+    assert (staging / "lib").is_symlink()
+    assert not (staging / "usr" / "lib" / "firmware" / "x").exists()
+    assert (staging / "usr" / "lib" / "firmware").is_dir()
+
+
+def test_hard_links_modes_and_gzip(arena: tuple[Path, Path]) -> None:
+    staging, _ = arena
+    unpack(staging, layer(M("ro", "dir", mode=0o555), M("ro/f", data=b"data", mode=0o640),
+                          M("ro/h", "link", link="ro/f"), M("exe", data=b"#!", mode=0o4755),
+                          gz=True))
+    assert (staging / "ro" / "h").stat().st_ino == (staging / "ro" / "f").stat().st_ino
+    assert stat.S_IMODE((staging / "ro").stat().st_mode) == 0o555
+    assert stat.S_IMODE((staging / "ro" / "f").stat().st_mode) == 0o640
+    assert stat.S_IMODE((staging / "exe").stat().st_mode) == 0o4755   # validation judges it
+    (staging / "ro").chmod(0o755)
+
+
+def test_diff_id_mismatch_is_refused(arena: tuple[Path, Path]) -> None:
+    staging, _ = arena
+    data = layer(M("f"))
+    good = "sha256:" + hashlib.sha256(data).hexdigest()
+    unpack_layer(io.BytesIO(gzip_of(data)), staging, "src: layer 0", LIMIT, good)
+    with pytest.raises(UnpackError) as exc:
+        unpack_layer(io.BytesIO(data), staging, "src: layer 0", LIMIT, "sha256:" + "0" * 64)
+    assert str(exc.value) == ("src: layer 0: uncompressed content does not match its diff_id "
+                              "sha256:" + "0" * 64)
+
+
+def test_zstd_and_garbage_are_one_line(arena: tuple[Path, Path]) -> None:
+    staging, _ = arena
+    with pytest.raises(UnpackError) as exc:
+        unpack(staging, b"\x28\xb5\x2f\xfd" + bytes(100))
+    assert str(exc.value) == "src: layer 0: zstd-compressed layers are not supported"
+    with pytest.raises(UnpackError) as exc:
+        unpack(staging, b"not a tar at all" * 100)
+    assert str(exc.value).startswith("src: layer 0: not a valid tar layer: ")
+
+
+def gzip_of(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, mtime=0)
