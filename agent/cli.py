@@ -20,6 +20,7 @@ from agent.errors import AgentError
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.fetch_kernels",
+    "agent.commands.mkinitramfs",
     "agent.commands.validate",
     "agent.commands.pack",
     "agent.commands.build",
