@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,9 +16,7 @@ from agent.cli import main
 from agent.errors import SourceError, ValidationFailed
 from agent.image import FetchOptions, fetch_extension
 from agent.image.pack import PackFormat, PackOptions, pack_extension
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "extensions"
-VALID = FIXTURES / "talos-valid" / "image"
+from tests.unit.image.images import FIXTURES, VALID, make_multi_platform, unpacked_layout
 
 
 def tree(root: Path) -> dict[str, tuple[int, bytes]]:
@@ -100,23 +97,6 @@ def test_pack_refuses_invalid_folder(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def unpacked_layout(tmp_path: Path) -> Path:
-    out, _ = packed(tmp_path, tag="ext:v1")
-    layout = tmp_path / "layout"
-    with tarfile.open(out) as tf:
-        if hasattr(tarfile, "data_filter"):     # Python >= 3.11.4 / 3.12
-            tf.extractall(layout, filter="data")
-        else:
-            tf.extractall(layout)               # our own archive, made just above
-    return layout
-
-
-def write_blob(layout: Path, data: bytes) -> dict[str, object]:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256" / digest).write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
 def test_corrupted_blob_is_refused(tmp_path: Path) -> None:
     layout = unpacked_layout(tmp_path)
     index = json.loads((layout / "index.json").read_text())
@@ -134,19 +114,9 @@ def test_corrupted_blob_is_refused(tmp_path: Path) -> None:
 
 def test_platform_is_picked_from_an_index(tmp_path: Path) -> None:
     layout = unpacked_layout(tmp_path)
-    index = json.loads((layout / "index.json").read_text())
-    entry = index["manifests"][0]
-    nested = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-              "manifests": [
-                  {**entry, "digest": "sha256:" + "0" * 64,
-                   "platform": {"architecture": "arm64", "os": "linux"}},
-                  {**entry, "platform": {"architecture": "amd64", "os": "linux"}}]}
-    desc = write_blob(layout, json.dumps(nested).encode())
-    index["manifests"] = [{"mediaType": "application/vnd.oci.image.index.v1+json", **desc,
-                           "annotations": entry["annotations"]}]
-    (layout / "index.json").write_text(json.dumps(index))
+    _, amd64 = make_multi_platform(layout, "sha256:" + "0" * 64)
     ext = fetch_extension(f"oci:{layout}", tmp_path / "staging", FetchOptions())
-    assert ext.digest == entry["digest"]
+    assert ext.digest == amd64
     with pytest.raises(SourceError) as exc:
         fetch_extension(f"oci:{layout}", tmp_path / "staging", FetchOptions(arch="riscv64"))
     assert str(exc.value) == (f"oci:{layout}: no image for linux/riscv64 "
