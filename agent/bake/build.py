@@ -242,7 +242,7 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
             problems += validate_all(exts, request)
         roots = [(e.root, e.metadata) for e in exts if e.metadata is not None]
         plan, found = plan_modules({e.source: e.root / "rootfs" for e in exts},
-                                   request.base_root, request.kernel_release)
+                                   request.base_root, request.kernel_release, work)
         problems += found
         if len(roots) + (plan is not None) > MAX_LAYERS:
             problems.append(f"{len(roots) + 1} layers with the modules layer: overlayfs stacks "

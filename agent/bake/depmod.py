@@ -49,16 +49,21 @@ def ships_modules(folder: Path) -> bool:
                for _, _, files in os.walk(folder) for name in files)
 
 
-def modules_layer_dir(base_root: Path, base_modules: Path) -> str:
-    """Where the base keeps modules: a real `lib` directory in the layer would hide a
-    merged-/usr base's `lib -> usr/lib` symlink."""
-    if (base_root / "lib").is_symlink():
-        return "usr/lib/modules"
-    return str(base_modules.parent.relative_to(base_root))
+def open_base_modules(base_root: Path, work: Path) -> tuple[Path, bool]:
+    """A folder holding the base's module folders, and whether the base's `lib` is a
+    symlink. A squashfs base root gets only its module folders extracted."""
+    if base_root.is_dir():
+        return base_root, (base_root / "lib").is_symlink()
+    from agent.image.baseroot import Kind, load_base_root
+
+    entry = load_base_root(base_root).lookup("/lib")
+    dest = work / "base-modules"
+    run(["unsquashfs", "-n", "-no-xattrs", "-d", dest, base_root, *MODULE_DIRS], capture=True)
+    return dest, entry is not None and entry.kind is Kind.SYMLINK
 
 
-def plan_modules(roots: Mapping[str, Path], base_root: Path | None,
-                 release: str | None) -> tuple[ModulesPlan | None, list[str]]:
+def plan_modules(roots: Mapping[str, Path], base_root: Path | None, release: str | None,
+                 work: Path) -> tuple[ModulesPlan | None, list[str]]:
     """Decide whether a modules layer is needed and for which release; return every problem."""
     shipping = {label: [k for k, d in find_release_dirs(root).items() if ships_modules(d)]
                 for label, root in roots.items()}
@@ -68,7 +73,8 @@ def plan_modules(roots: Mapping[str, Path], base_root: Path | None,
     if base_root is None:
         return None, [f"{label}: ships kernel modules ({', '.join(kvers)}): give --base-root "
                       f"so depmod sees the base's modules too" for label, kvers in shipping.items()]
-    base = find_release_dirs(base_root)
+    folder, lib_is_symlink = open_base_modules(base_root, work)
+    base = find_release_dirs(folder)
     if release is None:
         candidates = sorted(set(base) & {k for kvers in shipping.values() for k in kvers})
         if len(candidates) != 1:
@@ -79,7 +85,10 @@ def plan_modules(roots: Mapping[str, Path], base_root: Path | None,
         return None, [f"{base_root}: no modules folder for kernel release {release}"]
     problems = [f"{label}: ships modules for kernel release {kver}, the base runs {release}"
                 for label, kvers in shipping.items() for kver in kvers if kver != release]
-    plan = ModulesPlan(release, base[release], modules_layer_dir(base_root, base[release]))
+    # A real `lib` folder in the layer would hide a merged-/usr base's `lib -> usr/lib`.
+    layer_dir = "usr/lib/modules" if lib_is_symlink else \
+        str(base[release].parent.relative_to(folder))
+    plan = ModulesPlan(release, base[release], layer_dir)
     return (None if problems else plan), problems
 
 

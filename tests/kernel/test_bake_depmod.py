@@ -57,10 +57,11 @@ def mount(points: list[str], *argv: str) -> None:
     points.append(argv[-1])
 
 
-@pytest.mark.parametrize("suite,moddir", [("bookworm", "lib/modules"),
-                                          ("trixie", "usr/lib/modules")])
+@pytest.mark.parametrize("suite,moddir,squashed", [
+    ("bookworm", "lib/modules", False), ("trixie", "usr/lib/modules", False),
+    ("trixie", "usr/lib/modules", True)], ids=["split", "merged", "merged-squashfs-base"])
 def test_modprobe_resolves_a_module_only_an_extension_ships(
-        tmp_path: Path, suite: str, moddir: str, private_mounts: None,
+        tmp_path: Path, suite: str, moddir: str, squashed: bool, private_mounts: None,
         mounted: list[str]) -> None:
     try:
         kernel = load_kernel(KERNELS, suite)
@@ -74,7 +75,12 @@ def test_modprobe_resolves_a_module_only_an_extension_ships(
         f"{moddir}/{release}/extras/{Path(path).name}": (stock / path).read_bytes()})
     initrd = debian_style_initrd(tmp_path / "initrd.img")
     out = tmp_path / "out.img"
-    overlay_agent("build", "--extension", f"dir:{ext}", "--base-root", base,
+    base_arg = base
+    if squashed:                                # a base root given as a squashfs image
+        base_arg = tmp_path / "base.sqsh"
+        subprocess.run(["mksquashfs", str(base), str(base_arg), "-quiet", "-no-progress"],
+                       check=True, env={"PATH": os.environ["PATH"]})
+    overlay_agent("build", "--extension", f"dir:{ext}", "--base-root", base_arg,
                   "--os-version", "v1.7.0", "--initramfs", initrd, "-o", out)
     tree = merged_members(split_segments(out.read_bytes(), "out"))
     lst = contract.parse_list(tree["extensions.yaml"].content().decode())
