@@ -6,7 +6,10 @@ compatibility: {talos: {version: RANGE}}}. Unknown keys are reported, never drop
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ _TOP_KEYS = ("version", "metadata")
 _META_KEYS = ("name", "version", "author", "description", "compatibility")
 _REQUIRED = ("name", "version", "author", "description")
 RANGE_KEY = "metadata.compatibility.talos.version"
+MAX_MANIFEST = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,22 @@ def load_manifest(root: Path) -> Manifest:
     import yaml
 
     try:
-        text = (root / MANIFEST).read_text(encoding="utf-8")
+        # O_NOFOLLOW: a manifest.yaml symlink must not make us read (and quote) a host file
+        fd = os.open(root / MANIFEST,
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return Manifest(None, None, ("not a regular file",))
+            text = f.read(MAX_MANIFEST + 1).decode("utf-8")
     except FileNotFoundError:
         return Manifest(None, None, ("missing",))
     except (OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ELOOP, errno.EISDIR):
+            return Manifest(None, None, ("not a regular file",))
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         return Manifest(None, None, (f"cannot read: {reason}",))
+    if len(text) > MAX_MANIFEST:
+        return Manifest(None, None, (f"larger than {MAX_MANIFEST} bytes",))
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -91,8 +91,6 @@ def check_root(root: Path) -> Iterator[tuple[str, str]]:
         yield ROOTFS, "missing"
     elif not stat.S_ISDIR((root / ROOTFS).lstat().st_mode):
         yield ROOTFS, "not a directory"
-    if MANIFEST in names and not stat.S_ISREG((root / MANIFEST).lstat().st_mode):
-        yield MANIFEST, "not a regular file"
 
 
 def check_compatibility(manifest: Manifest, target: Target) -> Iterator[str]:
@@ -144,7 +142,7 @@ def check_extension(ext: UnpackedExtension, target: Target) -> tuple[list[Proble
                                                                     list[RootfsEntry]]:
     """Every problem of one extension, and its rootfs entries (for the cross checks)."""
     problems = [Problem(ext.source, p, r) for p, r in check_root(ext.root)]
-    if (ext.root / MANIFEST).is_file():
+    if os.path.lexists(ext.root / MANIFEST):
         manifest = load_manifest(ext.root)
         problems += [Problem(ext.source, MANIFEST, r) for r in manifest.problems]
         problems += [Problem(ext.source, MANIFEST, r) for r in check_compatibility(manifest,

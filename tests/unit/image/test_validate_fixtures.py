@@ -131,3 +131,20 @@ def test_device_node_is_special(tmp_path: Path) -> None:
     os.mknod(root / "rootfs" / "usr" / "local" / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
     assert [str(p) for p in validate_extensions([extension(root)], ValidateOptions())] == [
         "image: rootfs/usr/local/null: special files are not allowed (character device)"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_manifest_that_is_not_a_file_is_never_read(tmp_path: Path, kind: str) -> None:
+    root = copy_valid(tmp_path)
+    manifest = root / "manifest.yaml"
+    manifest.unlink()
+    if kind == "symlink":
+        manifest.symlink_to("/etc/passwd")
+    elif kind == "fifo":
+        os.mkfifo(manifest)
+    else:
+        manifest.mkdir()
+    ext = extension(root)
+    assert ext.metadata is None
+    got = [str(p) for p in validate_extensions([ext], ValidateOptions())]
+    assert got == ["image: manifest.yaml: not a regular file"]
