@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 MODULES = (
     "bench_bake",
+    "bench_image",
 )
 
 

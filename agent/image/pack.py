@@ -126,7 +126,8 @@ def build_layer(folder: Path, work: Path, mtime: int) -> tuple[Blob, Blob]:
     with open(plain, "wb") as f:
         write_layer_tar(folder, f, mtime)
     with (open(plain, "rb") as src, open(packed, "wb") as raw,
-          gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz):
+          gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                        compresslevel=6) as gz):
         while chunk := src.read(_CHUNK):
             gz.write(chunk)
     blobs = []
