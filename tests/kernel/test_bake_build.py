@@ -94,11 +94,14 @@ def test_a_bad_extension_writes_nothing(tmp_path: Path, exts: dict[str, Path],
     proc = build(out, initrd, exts["tool"], exts["bad"], exts["fw"], exts["nomanifest"],
                  check=False)
     assert proc.returncode == 1
+    # exactly the problems `validate` finds (issue 3 owns their wording), every one of them
+    checked = overlay_agent("validate", "--os-version", "v1.7.0", *(
+        f"dir:{exts[k]}" for k in ("tool", "bad", "fw", "nomanifest")), check=False)
+    expected = checked.stdout.splitlines()
+    assert [line.split(": ")[0] for line in expected] == [
+        f"dir:{exts['bad']}"] * (len(expected) - 1) + [f"dir:{exts['nomanifest']}"]
     assert proc.stderr.splitlines() == [
-        "overlay-agent: error: 3 problem(s) found:",
-        f"dir:{exts['bad']}: rootfs/boot: directory is not under an allowed path",
-        f"dir:{exts['bad']}: rootfs/boot/vmlinuz: not under an allowed path",
-        f"dir:{exts['nomanifest']}: manifest.yaml: top level is not a mapping"]
+        f"overlay-agent: error: {len(expected)} problem(s) found:", *expected]
     assert (out.read_bytes() == b"previous build") if existing else not out.exists()
     assert sorted(os.listdir(tmp_path)) == sorted(["exts", "initrd.img"]
                                                   + (["out.img"] if existing else []))
