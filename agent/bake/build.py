@@ -98,7 +98,12 @@ def read_input(path: Path) -> tuple[bytes, dict[str, cpio.Entry], list[str]]:
         return blob, {}, [f"{exc} (the input must end on a complete archive)"]
     if not segments:
         return blob, {}, [f"{path}: holds no archive"]
-    return blob, merged_members(segments), []
+    members = merged_members(segments)
+    if contract.LIST_PATH.strip("/") in members:
+        # Baking again on top would keep the old images in RAM, unlisted, at every upgrade.
+        return blob, members, [f"{path}: already has extensions baked in "
+                               f"({contract.LIST_PATH}): start from the initramfs without them"]
+    return blob, members, []
 
 
 def fetch_all(sources: Sequence[str], staging: Path, request: BuildRequest,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import errno
+import io
 import os
 import stat
 from pathlib import Path
@@ -9,7 +11,7 @@ import pytest
 
 from agent import cpio
 from agent.bake.atomic import write_atomically
-from agent.bake.build import BuildRequest, check_size, image_name
+from agent.bake.build import BuildRequest, check_size, gather_sources, image_name, read_input
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.commands.build import parse_size
 from agent.errors import BuildError, UsageError
@@ -102,4 +104,41 @@ def test_failed_writer_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"^boom$"):
         write_atomically(dest, fail)
     assert dest.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_too_many_layers_and_no_layers_are_problems() -> None:
+    many = BuildRequest(Path("in"), Path("out"), extensions=tuple(f"dir:e{i}" for i in range(501)))
+    assert gather_sources(many)[1] == ["501 extensions: overlayfs stacks at most 500 layers"]
+    assert gather_sources(BuildRequest(Path("in"), Path("out")))[1] == [
+        "no extensions: give --config with machine.install.extensions or --extension SOURCE"]
+
+
+def test_an_already_baked_input_is_refused(tmp_path: Path) -> None:
+    img = tmp_path / "in.img"
+    buf = io.BytesIO()
+    cpio.write(cpio.with_parents([cpio.regular("extensions.yaml", b"{}")]), buf)
+    img.write_bytes(buf.getvalue())
+    assert read_input(img)[2] == [f"{img}: already has extensions baked in (/extensions.yaml): "
+                                  f"start from the initramfs without them"]
+
+
+def test_named_temp_file_when_o_tmpfile_is_unsupported(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def no_tmpfile(path: str, flags: int, mode: int = 0o777, **kw: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    dest = tmp_path / "out"
+
+    def write(f: BinaryIO) -> None:
+        f.write(b"data")
+        assert [p.name for p in tmp_path.iterdir()] == [f".tmp-{os.getpid()}-0"]
+
+    write_atomically(dest, write)
+    assert dest.read_bytes() == b"data"
     assert os.listdir(tmp_path) == ["out"]
