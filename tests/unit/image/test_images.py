@@ -196,3 +196,21 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert err.startswith("overlay-agent: error: 3 problem(s) found:\n")
     assert "Traceback" not in err
     assert not (tmp_path / "x.tar").exists()
+
+
+@pytest.mark.parametrize(("argv", "code", "err"), [
+    (["validate", f"dir:{VALID}", "--base-root", "/nonexistent"], 2,
+     "/nonexistent: cannot read base root: No such file or directory"),
+    (["validate", f"dir:{VALID}", "--base-root", str(VALID / "manifest.yaml")], 2,
+     f"{VALID}/manifest.yaml: base root is neither a folder nor a squashfs file"),
+    (["validate", f"dir:{VALID}", "--max-layer-size", "0"], 2,
+     "--max-layer-size 0: must be positive"),
+    (["pack", str(VALID), "-o", "/nonexistent/x.tar"], 2,
+     "/nonexistent/x.tar: folder /nonexistent does not exist"),
+    (["pack", str(VALID), "-o", "/tmp/x.tar", "--tag", "Bad Tag"], 2,
+     "Bad Tag: not a valid NAME:TAG image tag (give one with --tag)"),
+])
+def test_cli_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str], code: int,
+                          err: str) -> None:
+    assert main(argv) == code
+    assert capsys.readouterr().err == f"overlay-agent: error: {err}\n"
