@@ -4,8 +4,8 @@ The build writes `/extensions.yaml` into the initramfs, the boot side reads it a
 binds it to `/etc/extensions.yaml`, and the runtime reports from it. Its shape is
 Talos's (`layers: [{image, metadata}]`) plus `version`, and per layer `sha256` and
 `size`. We write it as JSON, which is also valid YAML (JSON is a subset of YAML 1.2),
-so that PID 1 parses it with the json module and never pays for importing yaml; a
-list in YAML block style (as Talos writes it) is still read, through yaml.
+so that PID 1 parses it with json's C scanner (agent.listfile) and never pays for
+importing yaml; a list in YAML block style (as Talos writes it) is still read, through yaml.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import ListFileError
-
-SCHEMA_VERSION = 1
-LIST_PATH = "/extensions.yaml"          # in the initramfs
-IMAGES_DIR = "/extensions"              # squashfs images, in the initramfs
-BOUND_LIST_PATH = "/etc/extensions.yaml"  # the list, bound read-only into the new root
-STATUS_PATH = "/run/overlay-agent/status.json"  # in the booted system
-MODULES_LAYER_NAME = "modules.dep"
+# The paths and the reader's checks live in agent.listfile, light enough for PID 1.
+from agent.listfile import BOUND_LIST_PATH as BOUND_LIST_PATH
+from agent.listfile import IMAGES_DIR as IMAGES_DIR
+from agent.listfile import LIST_PATH as LIST_PATH
+from agent.listfile import MODULES_LAYER_NAME as MODULES_LAYER_NAME
+from agent.listfile import SCHEMA_VERSION as SCHEMA_VERSION
+from agent.listfile import STATUS_PATH as STATUS_PATH
+from agent.listfile import check_metadata, read_list
 
 
 class LayerKind(enum.Enum):
@@ -50,15 +50,9 @@ class ExtensionMetadata:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> ExtensionMetadata:
-        if not isinstance(data, Mapping):
-            raise ListFileError(f"{where}: metadata is not a mapping")
-        try:
-            return cls(name=str(data["name"]), version=str(data["version"]),
-                       author=str(data.get("author") or ""),
-                       description=str(data.get("description") or ""),
-                       compatibility=dict(data.get("compatibility") or {}))
-        except KeyError as exc:
-            raise ListFileError(f"{where}: metadata has no {exc.args[0]}") from None
+        name, version, author, description, compat = check_metadata(
+            dict(data) if isinstance(data, Mapping) else data, where)
+        return cls(name, version, author, description, compat)
 
 
 @dataclass(frozen=True)
@@ -106,47 +100,8 @@ def dump_list(lst: ExtensionList) -> str:
 
 def parse_list(text: str, where: str = LIST_PATH) -> ExtensionList:
     """Parse a list file; raise ListFileError naming `where` when it is unusable."""
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        import yaml  # only for lists written in YAML block style (e.g. by Talos)
-
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ListFileError(f"{where}: not valid YAML{at}") from None
-    if doc is None:
-        return ExtensionList()
-    if not isinstance(doc, Mapping):
-        raise ListFileError(f"{where}: top level is not a mapping")
-    # Talos's own list has no version field: it is schema 1's ancestor and reads the same.
-    version = doc.get("version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise ListFileError(f"{where}: unknown schema version {version!r} "
-                            f"(this agent reads version {SCHEMA_VERSION})")
-    raw_layers = doc.get("layers")
-    if raw_layers is None:
-        raw_layers = []
-    if not isinstance(raw_layers, list):
-        raise ListFileError(f"{where}: layers is not a list")
-    layers = []
-    for i, raw in enumerate(raw_layers):
-        at = f"{where}: layers[{i}]"
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("image"), str):
-            raise ListFileError(f"{at}: needs an image name")
-        image = raw["image"]
-        if "/" in image or image in (".", ".."):
-            raise ListFileError(f"{at}: image {image!r} is not a plain file name")
-        try:
-            kind = LayerKind(raw.get("kind", LayerKind.EXTENSION.value))
-        except ValueError:
-            raise ListFileError(f"{at}: unknown kind {raw.get('kind')!r}") from None
-        size = raw.get("size", -1)
-        if not isinstance(size, int):
-            raise ListFileError(f"{at}: size {size!r} is not an integer")
-        layers.append(Layer(image=image, metadata=ExtensionMetadata.from_dict(
-            raw.get("metadata") or {}, at), sha256=str(raw.get("sha256") or ""),
-            size=size, kind=kind))
-    return ExtensionList(layers=tuple(layers), version=SCHEMA_VERSION)
+    return ExtensionList(layers=tuple(
+        Layer(image=e.image, metadata=ExtensionMetadata(e.name, e.version, e.author,
+                                                        e.description, e.compatibility),
+              sha256=e.sha256, size=e.size, kind=LayerKind(e.kind))
+        for e in read_list(text, where)), version=SCHEMA_VERSION)

@@ -1,33 +1,32 @@
 """What activation did, per layer: written once at boot (atomically), read by `get extensions`.
 
-On the boot path: imports json, os and time only (no yaml).
+The boot path writes through agent.statusfile (no dataclasses, enum or json there);
+this module is the typed view for the booted system.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import statusfile
 from agent.errors import StatusError
-
-STATUS_SCHEMA = 1
+from agent.statusfile import STATUS_SCHEMA
 
 
 class Phase(enum.Enum):
-    ACTIVE = "active"
-    FAILED = "failed"
-    SKIPPED = "skipped"
+    ACTIVE = statusfile.ACTIVE
+    FAILED = statusfile.FAILED
+    SKIPPED = statusfile.SKIPPED
 
 
 class OverlayApi(enum.Enum):
-    NONE = "none"          # no layer active: the bare root
-    MOUNT = "mount"        # mount(2), the option string fits a page
-    FSCONFIG = "fsconfig"  # fsopen/fsconfig lowerdir+ (Linux 6.8+)
+    NONE = statusfile.API_NONE          # no layer active: the bare root
+    MOUNT = statusfile.API_MOUNT        # mount(2), the option string fits a page
+    FSCONFIG = statusfile.API_FSCONFIG  # fsopen/fsconfig lowerdir+ (Linux 6.8+)
 
 
 @dataclass(frozen=True)
@@ -60,40 +59,20 @@ class BootStatus:
     duration_ms: float = 0.0
 
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def status_to_dict(status: BootStatus) -> dict[str, Any]:
-    return {
-        "schema": STATUS_SCHEMA, "root": status.root, "overlay": status.overlay.value,
-        "notes": list(status.notes), "disabled": status.disabled, "strict": status.strict,
-        "list_path": status.list_path, "activated": status.activated,
-        "duration_ms": round(status.duration_ms, 3),
-        "extensions": [
-            {"index": e.index, "id": e.id, "image": e.image, "kind": e.kind, "name": e.name,
-             "version": e.version, "phase": e.phase.value, "reason": e.reason,
-             "author": e.author, "description": e.description,
-             "compatibility": dict(e.compatibility), "created": e.created,
-             "updated": e.updated}
-            for e in status.extensions
-        ],
-    }
+    return statusfile.boot_doc(
+        extensions=[statusfile.extension_doc(
+            index=e.index, image=e.image, kind=e.kind, name=e.name, version=e.version,
+            phase=e.phase.value, reason=e.reason, author=e.author, description=e.description,
+            compatibility=dict(e.compatibility), created=e.created, updated=e.updated)
+            for e in status.extensions],
+        root=status.root, overlay=status.overlay.value, notes=list(status.notes),
+        disabled=status.disabled, strict=status.strict, list_path=status.list_path,
+        activated=status.activated, duration_ms=status.duration_ms)
 
 
 def write_status(path: str, status: BootStatus) -> None:
-    """Write to a temp file in the same folder, fsync, rename: never half-written."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, mode=0o755, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    data = json.dumps(status_to_dict(status), indent=1, sort_keys=True).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    statusfile.write_json_atomic(path, status_to_dict(status))
 
 
 _STR_FIELDS = ("id", "image", "kind", "name", "version", "reason", "author", "description",

@@ -2,42 +2,77 @@
 
 Never brick: a layer that fails its check or mount is undone and recorded, the others
 go on; when the overlay itself fails the bare root boots. Only `strict` raises.
-On the boot path: imports json, hashlib, threading and ctypes only (no yaml, no structlog).
+
+The activation budget (whole process, N=10: 25 ms) is mostly interpreter start and
+imports, so this path imports no dataclasses, enum, json, re or threading (about 30 ms
+together on this project's machines): plain classes, agent.lightjson and _thread.
 """
 
 from __future__ import annotations
 
+import _thread
 import hashlib
-import json
 import os
-import threading
 import time
-from dataclasses import dataclass, field, replace
 
-from agent import contract, syscalls
-from agent.boot import console, loop, overlay
-from agent.boot.cmdline import PREFIX, split_cmdline
+from agent import listfile, statusfile, syscalls
+from agent.boot import loop, overlay
 from agent.errors import BootError, ListFileError
-from agent.status import BootStatus, ExtensionStatus, OverlayApi, Phase, utc_now, write_status
+from agent.listfile import ListEntry
 
 CHUNK = 1 << 20
 LIST_LAYER = "l"   # staging name of the tmpfs layer that carries /etc/extensions.yaml
 _NO = ("0", "n", "no", "false", "off")
+_SETTINGS = ("disable", "skip", "strict", "list_path", "images_dir", "status_path",
+             "staging_dir")
 
 
-@dataclass(frozen=True)
 class ActivationSettings:
-    disable: bool = False            # overlay_agent.disable
-    skip: frozenset[str] = frozenset()  # overlay_agent.skip=NAME[,NAME] (metadata names or IDs)
-    strict: bool = False             # overlay_agent.strict: any failure -> raise BootError
-    list_path: str = contract.LIST_PATH
-    images_dir: str = contract.IMAGES_DIR
-    status_path: str = contract.STATUS_PATH  # /run is moved into the new root later
-    staging_dir: str = "/run/oa"     # short: every layer path goes into one mount(2) page
+    """Frozen settings (a frozen dataclass in behaviour: keyword constructor, ==, hash)."""
+
+    __slots__ = _SETTINGS
+    disable: bool             # overlay_agent.disable
+    skip: frozenset[str]      # overlay_agent.skip=NAME[,NAME] (metadata names or IDs)
+    strict: bool              # overlay_agent.strict: any failure -> raise BootError
+    list_path: str
+    images_dir: str
+    status_path: str          # /run is moved into the new root later
+    staging_dir: str          # short: every layer path goes into one mount(2) page
+
+    def __init__(self, disable: bool = False, skip: frozenset[str] = frozenset(),
+                 strict: bool = False, list_path: str = listfile.LIST_PATH,
+                 images_dir: str = listfile.IMAGES_DIR,
+                 status_path: str = listfile.STATUS_PATH, staging_dir: str = "/run/oa") -> None:
+        values = (disable, frozenset(skip), strict, list_path, images_dir, status_path,
+                  staging_dir)
+        for name, value in zip(_SETTINGS, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ActivationSettings is frozen: cannot set {name}")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _SETTINGS)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActivationSettings) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return "ActivationSettings(" + ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in _SETTINGS) + ")"
+
+    def replace(self, **changes: object) -> ActivationSettings:
+        return ActivationSettings(**{**dict(zip(_SETTINGS, self._values(), strict=True)),
+                                     **changes})  # type: ignore[arg-type]
 
 
 def settings_from_cmdline(text: str, **paths: str) -> ActivationSettings:
     """Only the overlay_agent.* keys; `paths` overrides list/images/status/staging paths."""
+    from agent.boot.cmdline import PREFIX, split_cmdline
+
     disable = strict = False
     skip: set[str] = set()
     for word in split_cmdline(text)[0]:
@@ -48,11 +83,13 @@ def settings_from_cmdline(text: str, **paths: str) -> ActivationSettings:
             strict = value.lower() not in _NO
         elif key == PREFIX + "skip":
             skip.update(part for part in value.split(",") if part)
-    return ActivationSettings(disable=disable, skip=frozenset(skip), strict=strict, **paths)
+    return ActivationSettings(disable, frozenset(skip), strict, **paths)
 
 
 def report(line: str) -> None:
     """One line on the console and in kmsg (a seam tests replace)."""
+    from agent.boot import console
+
     console.say(line, level=console.KERN_WARNING)
 
 
@@ -60,42 +97,111 @@ class LayerFailed(Exception):
     """One layer failed a check or a mount; the message is its recorded reason."""
 
 
-@dataclass
 class _Candidate:
-    index: int
-    layer: contract.Layer
-    path: str
-    fd: int = -1
-    digest: str | None = None
-    error: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
+    """A layer past the skip and size checks, its image open; `done` is held while hashing."""
+
+    __slots__ = ("digest", "done", "entry", "error", "fd", "index", "path")
+
+    def __init__(self, index: int, entry: ListEntry, path: str) -> None:
+        self.index, self.entry, self.path = index, entry, path
+        self.fd = -1
+        self.digest = ""
+        self.error = ""
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
 
 
-@dataclass
+class _Hasher:
+    """sha256 of the candidates in list order, on worker threads and on the main thread
+    while it waits (hashlib drops the GIL on large buffers, so cores add up)."""
+
+    def __init__(self, cands: list[_Candidate]) -> None:
+        self.queue = [c for c in cands if c.entry.sha256]
+        for c in cands:
+            if not c.entry.sha256:
+                c.done.release()
+        self.next = 0
+        self.lock = _thread.allocate_lock()
+
+    def take(self) -> _Candidate | None:
+        with self.lock:
+            if self.next >= len(self.queue):
+                return None
+            self.next += 1
+            return self.queue[self.next - 1]
+
+    def work(self) -> None:
+        while (cand := self.take()) is not None:
+            hash_candidate(cand)
+
+    def start(self) -> None:
+        cores = len(os.sched_getaffinity(0))
+        for _ in range(min(cores, 4, len(self.queue)) - 1):
+            _thread.start_new_thread(self.work, ())
+
+    def wait(self, cand: _Candidate) -> None:
+        """Until `cand` is hashed, hash later ones here instead of idling."""
+        while cand.done.locked():
+            other = self.take()
+            if other is None:
+                with cand.done:
+                    pass
+                return
+            hash_candidate(other)
+
+    def stop(self) -> None:
+        """No new work; wait for what is being hashed now (its fd must stay open)."""
+        with self.lock:
+            untaken = self.queue[self.next:]
+            self.next = len(self.queue)
+        for cand in untaken:
+            cand.done.release()
+        for cand in self.queue:
+            with cand.done:
+                pass
+
+
+def hash_candidate(cand: _Candidate) -> None:
+    """sha256 by positioned 1 MiB reads; the result or the error lands on `cand`."""
+    try:
+        digest = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        offset = 0
+        while (n := os.preadv(cand.fd, [buf], offset)) > 0:
+            digest.update(view[:n])
+            offset += n
+        cand.digest = digest.hexdigest()
+    except OSError as exc:
+        cand.error = f"cannot read {cand.path}: {exc.strerror}"
+    finally:
+        cand.done.release()
+
+
 class _Run:
-    """What one activation has done so far (mutable while it runs, frozen into BootStatus)."""
+    """What one activation has done so far: records by index, staging mounts, notes."""
 
-    settings: ActivationSettings
-    records: dict[int, ExtensionStatus] = field(default_factory=dict)
-    mounted: list[tuple[int, str]] = field(default_factory=list)   # (index, staging path)
-    notes: list[str] = field(default_factory=list)
-    stamp: str = field(default_factory=utc_now)
+    def __init__(self, settings: ActivationSettings) -> None:
+        self.settings = settings
+        self.records: dict[int, dict[str, object]] = {}
+        self.mounted: list[tuple[int, str]] = []     # (index, staging path)
+        self.notes: list[str] = []
+        self.stamp = statusfile.utc_now()
 
-    def record(self, index: int, layer: contract.Layer, phase: Phase, reason: str = "") -> None:
-        meta = layer.metadata
-        self.records[index] = ExtensionStatus(
-            index=index, id=layer.id, image=layer.image, kind=layer.kind.value, name=meta.name,
-            version=meta.version, phase=phase, reason=reason, author=meta.author,
-            description=meta.description, compatibility=dict(meta.compatibility),
+    def record(self, index: int, entry: ListEntry, phase: str, reason: str = "") -> None:
+        self.records[index] = statusfile.extension_doc(
+            index=index, image=entry.image, kind=entry.kind, name=entry.name,
+            version=entry.version, phase=phase, reason=reason, author=entry.author,
+            description=entry.description, compatibility=entry.compatibility,
             created=self.stamp, updated=self.stamp)
-        if phase is not Phase.ACTIVE:
-            report(f"extension {layer.id}: {phase.value}: {reason}")
+        if phase != statusfile.ACTIVE:
+            report(f"extension {entry.id}: {phase}: {reason}")
 
-    def fail(self, index: int, layer: contract.Layer, reason: str) -> None:
-        self.record(index, layer, Phase.FAILED, reason)
+    def fail(self, index: int, entry: ListEntry, reason: str) -> None:
+        self.record(index, entry, statusfile.FAILED, reason)
         if self.settings.strict:
             self.undo()
-            raise BootError(f"extension {layer.id}: {reason} (overlay_agent.strict)")
+            raise BootError(f"extension {entry.id}: {reason} (overlay_agent.strict)")
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -109,8 +215,8 @@ class _Run:
         self.mounted.clear()
 
 
-def load_layers(run: _Run) -> tuple[contract.Layer, ...]:
-    """The list's layers; missing list = none; unusable list = none, with a note."""
+def load_entries(run: _Run) -> tuple[ListEntry, ...]:
+    """The list's layers; missing list = none; an unusable list = all skipped with the reason."""
     path = run.settings.list_path
     try:
         with open(path, encoding="utf-8") as f:
@@ -121,37 +227,41 @@ def load_layers(run: _Run) -> tuple[contract.Layer, ...]:
         run.note(f"{path}: cannot read: {exc.strerror}; no extension activated")
         return ()
     try:
-        return contract.parse_list(text, path).layers
+        return listfile.read_list(text, path)
     except ListFileError as exc:
         reason = str(exc)
-    salvaged = salvage_layers(text)
+    salvaged = salvage_entries(text)
     if not salvaged:
         run.note(f"{reason}; no extension activated")
-    for index, layer in enumerate(salvaged):
-        run.record(index, layer, Phase.SKIPPED, reason)
+    for index, entry in enumerate(salvaged):
+        run.record(index, entry, statusfile.SKIPPED, reason)
     if run.settings.strict:
         run.note(f"{reason}; every extension skipped")
     return ()
 
 
-def salvage_layers(text: str) -> list[contract.Layer]:
+def salvage_entries(text: str) -> list[ListEntry]:
     """Best effort for a list we cannot use: its layers by image, to record them as skipped."""
     try:
-        doc = json.loads(text)
-        raws = doc.get("layers") or []
-        return [contract.Layer(image=raw["image"], metadata=contract.ExtensionMetadata(
-                    name=str((raw.get("metadata") or {}).get("name") or raw["image"]),
-                    version=str((raw.get("metadata") or {}).get("version") or "")))
-                for raw in raws if isinstance(raw, dict) and isinstance(raw.get("image"), str)]
-    except (ValueError, AttributeError, TypeError):
+        doc = listfile.load_document(text, "")
+    except (ListFileError, ImportError):
         return []
+    raws = doc.get("layers") if isinstance(doc, dict) else None
+    found = []
+    for raw in raws if isinstance(raws, list) else []:
+        if isinstance(raw, dict) and isinstance(raw.get("image"), str):
+            meta = raw.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            found.append(ListEntry(raw["image"], str(raw.get("kind", "")), "", -1,
+                                   str(meta.get("name") or raw["image"]),
+                                   str(meta.get("version") or ""), "", "", {}))
+    return found
 
 
-def skip_reason(layer: contract.Layer, settings: ActivationSettings) -> str:
+def skip_reason(entry: ListEntry, settings: ActivationSettings) -> str:
     if settings.disable:
         return "overlay_agent.disable"
-    names = {layer.metadata.name, layer.id, layer.image}
-    hit = sorted(names & settings.skip)
+    hit = sorted({entry.name, entry.id, entry.image} & settings.skip)
     return f"overlay_agent.skip={hit[0]}" if hit else ""
 
 
@@ -162,55 +272,15 @@ def open_candidate(cand: _Candidate) -> None:
     except OSError as exc:
         raise LayerFailed(f"cannot open {cand.path}: {exc.strerror}") from None
     size = os.fstat(cand.fd).st_size
-    if cand.layer.size >= 0 and size != cand.layer.size:
-        raise LayerFailed(f"{cand.path}: size {size} bytes, the list says {cand.layer.size}")
-
-
-def hash_fd(fd: int) -> str:
-    """sha256 of a whole file by positioned 1 MiB reads (hashlib drops the GIL while hashing)."""
-    digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    offset = 0
-    while True:
-        n = os.preadv(fd, [buf], offset)
-        if n <= 0:
-            return digest.hexdigest()
-        digest.update(view[:n])
-        offset += n
-
-
-def start_hashing(cands: list[_Candidate]) -> None:
-    """Hash on worker threads (about one per core) while the main thread mounts in order."""
-    todo = [c for c in cands if c.layer.sha256]
-    for c in cands:
-        if not c.layer.sha256:
-            c.done.set()
-    lock = threading.Lock()
-    queue = iter(todo)
-
-    def work() -> None:
-        while True:
-            with lock:
-                cand = next(queue, None)
-            if cand is None:
-                return
-            try:
-                cand.digest = hash_fd(cand.fd)
-            except OSError as exc:
-                cand.error = f"cannot read {cand.path}: {exc.strerror}"
-            cand.done.set()
-
-    for _ in range(min(len(todo), os.cpu_count() or 1, 4)):
-        threading.Thread(target=work, daemon=True).start()
+    if cand.entry.size >= 0 and size != cand.entry.size:
+        raise LayerFailed(f"{cand.path}: size {size} bytes, the list says {cand.entry.size}")
 
 
 def check_digest(cand: _Candidate) -> None:
-    cand.done.wait()
     if cand.error:
         raise LayerFailed(cand.error)
-    want = cand.layer.sha256.lower()
-    if cand.digest is not None and cand.digest != want:
+    want = cand.entry.sha256.lower()
+    if want and cand.digest != want:
         raise LayerFailed(f"{cand.path}: sha256 {cand.digest[:16]}..., "
                           f"the list says {want[:16]}...")
 
@@ -255,91 +325,87 @@ def mount_list_layer(run: _Run, staging: str) -> str | None:
         syscalls.mount("oa-list", staging, "tmpfs", syscalls.MS_NODEV | syscalls.MS_NOSUID,
                        "mode=0755,size=1m")
     except OSError as exc:
-        run.notes.append(f"{contract.BOUND_LIST_PATH}: not shown: tmpfs: {exc.strerror}")
+        run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: tmpfs: {exc.strerror}")
         return None
     try:
         os.mkdir(os.path.join(staging, "etc"), 0o755)
-        with open(run.settings.list_path, "rb") as src:
-            data = src.read()
-        fd = os.open(os.path.join(staging, contract.BOUND_LIST_PATH.lstrip("/")),
-                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        with open(run.settings.list_path, "rb") as src, open(
+                os.path.join(staging, listfile.BOUND_LIST_PATH.lstrip("/")), "xb") as dst:
+            dst.write(src.read())
     except OSError as exc:
         unmount_staging([(-1, staging)])
-        run.notes.append(f"{contract.BOUND_LIST_PATH}: not shown: {exc.strerror}")
+        run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: {exc.strerror}")
         return None
     return staging
 
 
-def collect_candidates(run: _Run, layers: tuple[contract.Layer, ...]) -> list[_Candidate]:
+def collect_candidates(run: _Run, entries: tuple[ListEntry, ...]) -> list[_Candidate]:
     """Skip what the command line says, open every other image and check its size."""
     settings = run.settings
     room = overlay.OVL_MAX_STACK - 2          # the base root and the list layer
     cands: list[_Candidate] = []
     try:
-        for index, layer in enumerate(layers):
-            reason = skip_reason(layer, settings)
+        for index, entry in enumerate(entries):
+            reason = skip_reason(entry, settings)
             if reason:
-                run.record(index, layer, Phase.SKIPPED, reason)
+                run.record(index, entry, statusfile.SKIPPED, reason)
                 continue
             if len(cands) >= room:
-                run.fail(index, layer, f"over the {room} extensions an overlay can stack")
+                run.fail(index, entry, f"over the {room} extensions an overlay can stack")
                 continue
-            cand = _Candidate(index, layer, os.path.join(settings.images_dir, layer.image))
+            cand = _Candidate(index, entry, os.path.join(settings.images_dir, entry.image))
             try:
                 open_candidate(cand)
             except LayerFailed as exc:
-                cand.done.set()
-                close_candidate(cand)
-                run.fail(index, layer, str(exc))
+                close_image(cand)
+                run.fail(index, entry, str(exc))
                 continue
             cands.append(cand)
     except BaseException:
         for cand in cands:
-            cand.done.set()
-            close_candidate(cand)
+            close_image(cand)
         raise
     return cands
 
 
-def activate_layers(run: _Run, layers: tuple[contract.Layer, ...]) -> None:
-    """Per layer in list order: sha256 (hashed ahead on threads), loop + squashfs mount."""
-    cands = collect_candidates(run, layers)
-    start_hashing(cands)
+def close_image(cand: _Candidate) -> None:
+    if cand.fd >= 0:
+        os.close(cand.fd)
+        cand.fd = -1
+
+
+def activate_layers(run: _Run, entries: tuple[ListEntry, ...]) -> None:
+    """Per layer in list order: sha256 (hashed ahead), loop + squashfs mount."""
+    cands = collect_candidates(run, entries)
+    hasher = _Hasher(cands)
+    hasher.start()
     try:
         for cand in cands:
+            hasher.wait(cand)
             staging = os.path.join(run.settings.staging_dir, str(cand.index))
             try:
                 check_digest(cand)
                 mount_layer(cand, staging)
             except LayerFailed as exc:
-                run.fail(cand.index, cand.layer, str(exc))
+                run.fail(cand.index, cand.entry, str(exc))
                 continue
             finally:
-                close_candidate(cand)
+                close_image(cand)
             run.mounted.append((cand.index, staging))
-            run.record(cand.index, cand.layer, Phase.ACTIVE)
+            run.record(cand.index, cand.entry, statusfile.ACTIVE)
     finally:
+        hasher.stop()
         for cand in cands:
-            cand.done.wait()
-            close_candidate(cand)
+            close_image(cand)
 
 
-def close_candidate(cand: _Candidate) -> None:
-    if cand.fd >= 0 and cand.done.is_set():
-        os.close(cand.fd)
-        cand.fd = -1
-
-
-def stack_layers(run: _Run, base_root: str, target: str) -> tuple[str, OverlayApi]:
-    """One read-only overlay: the list layer, then the LAST list entry on top, base root last."""
+def stack_layers(run: _Run, base_root: str, target: str) -> tuple[str, str]:
+    """One read-only overlay; return (root to switch into, statusfile.API_*)."""
     if not run.mounted:
-        return base_root, OverlayApi.NONE
+        return base_root, statusfile.API_NONE
     list_layer = mount_list_layer(run, os.path.join(run.settings.staging_dir, LIST_LAYER))
-    # overlayfs takes lowerdir leftmost = topmost: later list entries win over earlier ones.
+    # overlayfs reads lowerdir leftmost = topmost: the LAST list entry goes first, so later
+    # entries win over earlier ones; the base root is the bottom; the list layer tops all.
     lowers = [path for _, path in reversed(run.mounted)] + [base_root]
     if list_layer is not None:
         lowers.insert(0, list_layer)
@@ -349,12 +415,11 @@ def stack_layers(run: _Run, base_root: str, target: str) -> tuple[str, OverlayAp
     except OSError as exc:
         reason = f"overlay at {target}: {exc.strerror}; booting the bare root"
         for index, _ in run.mounted:
-            old = run.records.get(index)
-            if old is not None:
-                run.records[index] = replace(old, phase=Phase.FAILED, reason=reason)
+            if index in run.records:
+                run.records[index].update(phase=statusfile.FAILED, reason=reason)
         run.note(reason)
         run.undo()
-        return base_root, OverlayApi.NONE
+        return base_root, statusfile.API_NONE
     run.undo()
     return target, api
 
@@ -364,24 +429,22 @@ def activate_extensions(base_root: str, target: str, settings: ActivationSetting
     return the dir to switch_root into (target, or base_root when no layer is active)."""
     start = time.monotonic()
     run = _Run(settings)
-    root, api = base_root, OverlayApi.NONE
+    root, api = base_root, statusfile.API_NONE
     try:
-        layers = load_layers(run)
-        activate_layers(run, layers)
+        activate_layers(run, load_entries(run))
         root, api = stack_layers(run, base_root, target)
     finally:
-        status = BootStatus(
-            extensions=tuple(run.records[i] for i in sorted(run.records)), root=root,
-            overlay=api, notes=tuple(run.notes), disabled=settings.disable,
-            strict=settings.strict, list_path=settings.list_path, activated=run.stamp,
-            duration_ms=(time.monotonic() - start) * 1000)
-        save_status(settings.status_path, status)
+        save_status(settings.status_path, statusfile.boot_doc(
+            extensions=[run.records[i] for i in sorted(run.records)], root=root,
+            overlay=api, notes=run.notes, disabled=settings.disable, strict=settings.strict,
+            list_path=settings.list_path, activated=run.stamp,
+            duration_ms=(time.monotonic() - start) * 1000))
     return root
 
 
-def save_status(path: str, status: BootStatus) -> None:
+def save_status(path: str, doc: dict[str, object]) -> None:
     try:
-        write_status(path, status)
+        statusfile.write_json_atomic(path, doc)
     except OSError as exc:
         report(f"{path}: cannot write the status: {exc.strerror}")
 

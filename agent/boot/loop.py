@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from dataclasses import dataclass
 
 from agent import syscalls
 
@@ -29,13 +28,16 @@ LOOP_CONTROL = "/dev/loop-control"
 MAX_BUSY_RETRIES = 64
 
 
-@dataclass(frozen=True)
 class LoopDevice:
-    """An attached loop device; `fd` stays open until release() so autoclear cannot fire early."""
+    """An attached loop device; `fd` stays open until release() so autoclear cannot fire early.
 
-    number: int
-    path: str
-    fd: int
+    A plain class: importing dataclasses costs PID 1 about 14 ms on this project's machines.
+    """
+
+    __slots__ = ("fd", "number", "path")
+
+    def __init__(self, number: int, path: str, fd: int) -> None:
+        self.number, self.path, self.fd = number, path, fd
 
 
 def pack_info64(backing: str, flags: int) -> bytes:

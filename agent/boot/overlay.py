@@ -10,7 +10,7 @@ import errno
 import os
 
 from agent import syscalls
-from agent.status import OverlayApi
+from agent.statusfile import API_FSCONFIG, API_MOUNT
 
 OVL_MAX_STACK = 500   # fs/overlayfs/params.h: most lower layers one overlay takes
 MOUNT_DATA_LIMIT = os.sysconf("SC_PAGE_SIZE")  # mount(2) option data, NUL included
@@ -25,18 +25,20 @@ def lowerdir_option(lowers: list[str]) -> str:
     return "lowerdir=" + ":".join(escape_lowerdir(p) for p in lowers)
 
 
-def choose_api(lowers: list[str]) -> OverlayApi:
+def choose_api(lowers: list[str]) -> str:
+    """API_MOUNT when the option string fits mount(2)'s page, else API_FSCONFIG."""
     fits = len(os.fsencode(lowerdir_option(lowers))) + 1 <= MOUNT_DATA_LIMIT
-    return OverlayApi.MOUNT if fits else OverlayApi.FSCONFIG
+    return API_MOUNT if fits else API_FSCONFIG
 
 
-def mount_overlay(lowers: list[str], target: str) -> OverlayApi:
-    """Mount `lowers` (topmost first, as overlayfs reads them) read-only at `target`."""
+def mount_overlay(lowers: list[str], target: str) -> str:
+    """Mount `lowers` (topmost first, as overlayfs reads them) read-only at `target`;
+    return the API used (statusfile.API_MOUNT or API_FSCONFIG)."""
     if len(lowers) > OVL_MAX_STACK:
         raise OSError(errno.EINVAL, f"{len(lowers)} layers exceed the kernel's "
                       f"{OVL_MAX_STACK}", target)
     api = choose_api(lowers)
-    if api is OverlayApi.MOUNT:
+    if api == API_MOUNT:
         syscalls.mount("overlay", target, "overlay", syscalls.MS_RDONLY, lowerdir_option(lowers))
     else:
         mount_overlay_fsconfig(lowers, target)

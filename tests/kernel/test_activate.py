@@ -319,7 +319,7 @@ def test_strict_makes_a_failure_fatal_and_undoes(env: Env,
                                                  image_cache: Callable[[int], Path]) -> None:
     layers = env.add(image_cache, [0, 1, 2])
     corrupt(env, layers)
-    settings = ActivationSettings(**{**env.settings.__dict__, "strict": True})
+    settings = env.settings.replace(strict=True)
     with pytest.raises(BootError, match=r"^extension 001-ext1: .*sha256.*overlay_agent.strict"):
         env.activate(settings)
     assert not os.path.ismount(env.target)
@@ -336,8 +336,10 @@ def test_strict_makes_a_failure_fatal_and_undoes(env: Env,
 def test_command_line_disable_and_skip(env: Env, image_cache: Callable[[int], Path],
                                        cmdline: str, phases: list[str], layer: str) -> None:
     env.add(image_cache, [0, 1, 2])
-    settings = activate.settings_from_cmdline(cmdline, **{
-        k: v for k, v in env.settings.__dict__.items() if k.endswith(("_path", "_dir"))})
+    s = env.settings
+    settings = activate.settings_from_cmdline(
+        cmdline, list_path=s.list_path, images_dir=s.images_dir, status_path=s.status_path,
+        staging_dir=s.staging_dir)
     root = env.activate(settings)
     assert Path(root, SHARE, "layer").read_text() == layer
     records = read_status(env.settings.status_path).extensions

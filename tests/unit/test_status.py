@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent import lightjson
 from agent.boot.activate import ActivationSettings, settings_from_cmdline
 from agent.cli import main
 from agent.commands.get import render_json, render_table, render_yaml
@@ -184,3 +185,35 @@ def test_get_prints_from_the_status_file(tmp_path: Path, capsys: pytest.CaptureF
 ])
 def test_settings_from_cmdline(cmdline: str, expected: ActivationSettings) -> None:
     assert settings_from_cmdline(cmdline) == expected
+
+
+@pytest.mark.parametrize("value", [
+    {"b": [1, -2.5, None, True, False, "é\"\\\n\u2028"], "a": {"x": {}, "y": []}},
+    [], "text", 0,
+])
+def test_lightjson_matches_json(value: Any) -> None:
+    text = lightjson.dumps(value)
+    assert text == json.dumps(value, sort_keys=True, separators=(",", ":"))
+    assert lightjson.loads(f" \n{json.dumps(value, indent=2)}\n") == value
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "Expecting value at char 0"),
+    ("  {} x", "Extra data at char 4"),
+    ("{'a': 1}", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+])
+def test_lightjson_rejects_what_json_rejects(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        lightjson.loads(text)
+    assert str(exc.value) == message
+    with pytest.raises(ValueError):
+        json.loads(text)
+
+
+def test_activation_settings_behave_like_a_frozen_dataclass() -> None:
+    settings = ActivationSettings(skip=frozenset({"a"}))
+    with pytest.raises(AttributeError, match="frozen"):
+        settings.strict = True  # type: ignore[misc]
+    assert settings.replace(strict=True) == ActivationSettings(skip=frozenset({"a"}), strict=True)
+    assert settings.replace(strict=True) != settings
+    assert len({settings, ActivationSettings(skip=frozenset({"a"}))}) == 1
