@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 MODULES = (
     "bench_bake",
     "bench_image",
+    "bench_activate",
 )
 
 
