@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MODULES = (
+    "bench_boot",
     "bench_bake",
     "bench_image",
     "bench_activate",

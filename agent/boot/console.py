@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 from typing import NoReturn
 
 from agent import syscalls
@@ -54,11 +53,21 @@ def fatal_line(reason: str) -> str:
     return f"{TAG}: fatal: {reason}"
 
 
+def format_traceback(exc: BaseException) -> str:
+    """traceback is imported only with overlay_agent.debug (main preloads it: after
+    switch_root deleted the initramfs nothing new can be imported)."""
+    try:
+        import traceback
+    except ImportError:
+        return f"{type(exc).__name__}: {exc} (traceback module unavailable)\n"
+    return "".join(traceback.format_exception(exc))
+
+
 def fatal(reason: str, *, panic: int = 0, exc: BaseException | None = None,
           debug: bool = False) -> NoReturn:
     """Report a fatal boot error once, then follow panic= (reboot after N s, at once, or hang)."""
     if debug and exc is not None:
-        text = "".join(traceback.format_exception(exc))
+        text = format_traceback(exc)
         if not _write(CONSOLE, text.encode(errors="replace")):
             print(text, file=sys.stderr)
     line = fatal_line(" ".join(reason.split()))

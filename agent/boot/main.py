@@ -60,8 +60,9 @@ def describe(exc: BaseException) -> str:
 
 
 def read_uptime() -> float:
+    """Bytes, not text: after switch_root no codec module can be imported any more."""
     try:
-        with open(UPTIME, encoding="ascii") as fh:
+        with open(UPTIME, "rb") as fh:
             return float(fh.read().split()[0])
     except (OSError, ValueError, IndexError):
         return -1.0
@@ -105,6 +106,8 @@ def boot(timer: StepTimer) -> NoReturn:
         with ExitStack() as undo:
             raw = read_cmdline()
             params = timer.run("cmdline", parse_cmdline, raw)
+            if params.debug:
+                import traceback  # noqa: F401 - loaded now, while the initramfs still exists
             for note in params.notes:
                 say(note, quiet=params.quiet)
             timer.run("modules", load_modules)

@@ -109,8 +109,8 @@ def _block_devices(sys_block: str) -> Iterator[str]:
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="ascii") as fh:
-        return fh.read().strip()
+    with open(path, "rb") as fh:
+        return fh.read().decode().strip()
 
 
 def find_by_partuuid(partuuid: str, sys_block: str = SYS_BLOCK, dev: str = "/dev") -> str | None:

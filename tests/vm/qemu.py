@@ -93,7 +93,7 @@ def kvm_works() -> bool:
 def qemu_argv(kernel: Path, initrd: Path, append: str, disk: Path | None,
               serial_log: Path) -> list[str]:
     argv = [QEMU, "-nographic", "-no-reboot", "-m", str(MEMORY_MB), "-smp", "1",
-            "-accel", "kvm" if kvm_works() else "tcg",
+            "-accel", "kvm" if kvm_works() else "tcg", "-cpu", "qemu64,+rdrand",
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", f"console=ttyS0 {append}".strip(),
             "-serial", f"file:{serial_log}", "-monitor", "none"]

@@ -1,0 +1,84 @@
+"""Images the VM scenarios and the boot benchmark boot: a tiny busybox root (squashfs and
+ext4) and initramfs images from the real builder, cached under .cache/vm-fixtures keyed by
+every input (agent sources, kernel release, busybox, root script). Free of pytest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from agent.initramfs.build import InitramfsSpec, build_initramfs
+from agent.kernels import Kernel
+from agent.tools import run
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache" / "vm-fixtures"
+BUSYBOX = Path("/bin/busybox")
+EXT4_UUID = "5e0c1f2a-9b7d-4e36-a1c8-0d2f4b6e8a13"
+TOKEN_KEY = "overlay_agent.test_token"
+
+# /sbin/init of the test root: report what PID 1 handed over, then power off.
+ROOT_INIT = f"""#!/bin/sh
+bb=/bin/busybox
+token=$($bb sed -n 's/.*{TOKEN_KEY}=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+mounts=""
+for m in /dev /proc /sys /run; do
+  $bb grep -q " $m " /proc/mounts && mounts="$mounts $m"
+done
+if $bb touch /.rw-probe 2>/dev/null; then rw=rw; else rw=ro; fi
+echo "ROOT-INIT pid=$$ root=$rw api=$mounts args=$* token=$token"
+$bb poweroff -f
+"""
+
+
+def inputs_key(*parts: str | bytes) -> str:
+    """Hash of the agent's sources plus the given parts: changes whenever an input does."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "agent").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode())
+    return digest.hexdigest()[:16]
+
+
+def build_root_tree(tree: Path) -> Path:
+    shutil.rmtree(tree, ignore_errors=True)
+    for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "etc"):
+        (tree / d).mkdir(parents=True)
+    shutil.copy2(BUSYBOX, tree / "bin" / "busybox")
+    (tree / "bin" / "sh").symlink_to("busybox")
+    init = tree / "sbin" / "init"
+    init.write_text(ROOT_INIT)
+    init.chmod(0o755)
+    return tree
+
+
+def root_images(cache: Path = CACHE) -> tuple[Path, Path]:
+    """(squashfs, ext4) images of the test root, built once per set of inputs."""
+    key = hashlib.sha256(ROOT_INIT.encode() + BUSYBOX.read_bytes()).hexdigest()[:16]
+    folder = cache / f"root-{key}"
+    sqsh, ext4 = folder / "root.sqsh", folder / "root.ext4"
+    if not (sqsh.exists() and ext4.exists()):
+        folder.mkdir(parents=True, exist_ok=True)
+        tree = build_root_tree(folder / "tree")
+        run(["mksquashfs", tree, f"{sqsh}.tmp", "-quiet", "-noappend", "-all-root"], capture=True)
+        run(["mkfs.ext4", "-q", "-F", "-U", EXT4_UUID, "-L", "oa-root", "-E",
+             "root_owner=0:0", "-d", tree, f"{ext4}.tmp", "16M"],
+            env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}, capture=True)
+        os.replace(f"{sqsh}.tmp", sqsh)
+        os.replace(f"{ext4}.tmp", ext4)
+    return sqsh, ext4
+
+
+def initramfs(kernel: Kernel, root_image: Path | None, cache: Path = CACHE) -> Path:
+    """The initramfs from the real builder for `kernel`, with /rootfs.sqsh when given."""
+    image_key = b"" if root_image is None else root_image.read_bytes()
+    key = inputs_key(kernel.release, hashlib.sha256(image_key).hexdigest())
+    out = cache / f"initrd-{kernel.suite}-{key}"
+    if not out.exists():
+        spec = InitramfsSpec(kernel_release=kernel.release, modules_dir=kernel.modules_dir,
+                             root_image=root_image)
+        build_initramfs(spec, out)
+    return out
