@@ -44,6 +44,8 @@ def loads(text: str) -> object:
         value, end = _scan(text, start)
     except StopIteration:
         raise ValueError(f"Expecting value at char {start}") from None
+    except ImportError:   # _json builds its error from json.decoder, absent from a slim runtime
+        raise ValueError("not valid JSON") from None
     if text[end:].strip(_WS):
         raise ValueError(f"Extra data at char {end}")
     return value

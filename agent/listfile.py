@@ -93,7 +93,10 @@ def load_document(text: str, where: str) -> object:
         return lightjson.loads(text)
     except ValueError:
         pass
-    import yaml
+    try:
+        import yaml
+    except ImportError:
+        raise ListFileError(f"{where}: not JSON, and no yaml module to read it as YAML") from None
 
     try:
         return yaml.safe_load(text)
