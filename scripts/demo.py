@@ -1,0 +1,107 @@
+"""`make demo`: build the demo root and an initramfs for a fetched stock kernel, boot them under
+QEMU and stream the guest's serial console to the terminal.
+
+Fetches nothing itself (`make kernels` does). Exit status 0 when the demo root printed its
+marker with this run's token and reached its end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.demo import DONE_MARKER, MARKER, TOKEN_KEY, build_demo_root  # noqa: E402
+from agent.errors import AgentError  # noqa: E402
+from agent.initramfs.build import InitramfsSpec, build_initramfs  # noqa: E402
+from agent.kernels import SUITES, load_kernel  # noqa: E402
+
+
+def load_harness() -> ModuleType:
+    """The QEMU harness of the VM tests (tests/vm/qemu.py): one way to start QEMU."""
+    spec = importlib.util.spec_from_file_location("vm_qemu", ROOT / "tests" / "vm" / "qemu.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit("demo: tests/vm/qemu.py missing")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def stream(path: Path, stop: threading.Event) -> None:
+    """Copy what the guest writes to its serial log onto our stdout while it runs."""
+    pos = 0
+    while True:
+        done = stop.is_set()
+        try:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            pos += len(chunk)
+            sys.stdout.write(chunk.decode(errors="replace").replace("\r\n", "\n"))
+            sys.stdout.flush()
+        if done:
+            return
+        time.sleep(0.1)
+
+
+def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
+    kernel = load_kernel(kernels, suite)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"demo: building the demo root and the initramfs for {suite} ({kernel.release})",
+          flush=True)
+    root = build_demo_root(out / "demo-root.sqsh")
+    initrd = out / f"initrd-{suite}.img"
+    build_initramfs(InitramfsSpec(kernel.release, kernel.modules_dir, root_image=root,
+                                  disk_modules=False), initrd)
+    token = secrets.token_hex(6)
+    qemu = load_harness()
+    log = out / f"serial-{suite}.log"
+    log.write_bytes(b"")
+    append = f"loglevel=3 panic=5 {TOKEN_KEY}={token}"
+    print(f"demo: booting {kernel.vmlinuz} with {initrd.name} ({append})", flush=True)
+    stop = threading.Event()
+    reader = threading.Thread(target=stream, args=(log, stop), daemon=True)
+    reader.start()
+    try:
+        result = qemu.boot(kernel.vmlinuz, initrd, append, timeout=timeout, serial_log=log)
+    finally:
+        stop.set()
+        reader.join()
+    ok = bool(result.has(f"{MARKER} {token}") and result.has(f"{DONE_MARKER} {token}"))
+    state = "timed out" if result.timed_out else f"QEMU exited after {result.seconds:.1f} s"
+    print(f"\ndemo: {suite}: {'OK' if ok else 'FAILED'} ({state}); serial log in {log}",
+          flush=True)
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--kernels", type=Path, required=True, help="cache of `make kernels`")
+    ap.add_argument("--out", type=Path, required=True, help="folder for images and logs")
+    ap.add_argument("--suite", action="append", choices=SUITES,
+                    help="kernel to boot (repeatable; default bookworm)")
+    ap.add_argument("--timeout", type=float, default=180.0, help="seconds per boot")
+    args = ap.parse_args()
+    try:
+        results = [demo_suite(s, args.kernels, args.out, args.timeout)
+                   for s in (args.suite or ["bookworm"])]
+    except AgentError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

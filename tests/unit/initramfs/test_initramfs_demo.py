@@ -1,0 +1,58 @@
+"""The demo root squashfs: busybox, the agent's runtime, the CLI wrapper and /sbin/init."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.demo import MARKER, build_demo_root, render_init
+
+
+@pytest.fixture(scope="module")
+def listing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
+    out = build_demo_root(tmp_path_factory.mktemp("demo") / "root.sqsh",
+                          extra_init="echo EXTRA-LINE")
+    text = subprocess.run(["unsquashfs", "-lls", str(out)], capture_output=True, text=True,
+                          check=True).stdout
+    found: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        m = re.match(r"(\S+) (\S+) .* squashfs-root(/\S*)(?: -> (\S+))?$", line)
+        if m:
+            found[m.group(3) or "/"] = (m.group(1) + " " + m.group(2), m.group(4) or "")
+    return found
+
+
+@pytest.mark.parametrize("path, kind", [
+    ("/sbin/init", "-rwxr-xr-x root/root"),
+    ("/bin/busybox", "-rwxr-xr-x root/root"),
+    ("/usr/bin/overlay-agent", "-rwxr-xr-x root/root"),
+    ("/usr/lib/overlay-agent/agent/cli.pyc", "-rw-r--r-- root/root"),
+    ("/etc/os-release", "-rw-r--r-- root/root"),
+    ("/etc/hostname", "-rw-r--r-- root/root"),
+    ("/proc", "drwxr-xr-x root/root"),
+    ("/dev", "drwxr-xr-x root/root"),
+    ("/usr/lib/firmware", "drwxr-xr-x root/root"),
+    ("/usr/lib/modules", "drwxr-xr-x root/root"),
+])
+def test_demo_root_holds(listing: dict[str, tuple[str, str]], path: str, kind: str) -> None:
+    assert listing[path][0] == kind
+
+
+def test_applets_point_at_busybox_and_init_is_the_script(
+        listing: dict[str, tuple[str, str]]) -> None:
+    assert listing["/bin/sh"][1] == "/bin/busybox"
+    assert listing["/sbin/poweroff"][1] == "/bin/busybox"
+    assert listing["/usr/bin/python3"][1].startswith("python3")
+    assert listing["/lib"][1] == "usr/lib"
+
+
+def test_init_prints_the_token_marker_and_extra_lines() -> None:
+    script = render_init("echo EXTRA-LINE")
+    assert script.startswith("#!/bin/sh\n")
+    assert f'echo "{MARKER} $token"' in script
+    assert script.index("echo EXTRA-LINE") < script.index("poweroff -f")
+    proc = subprocess.run(["busybox", "sh", "-n", "-c", script], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
