@@ -342,7 +342,7 @@ def mount_list_layer(run: _Run, staging: str) -> str | None:
 def collect_candidates(run: _Run, entries: tuple[ListEntry, ...]) -> list[_Candidate]:
     """Skip what the command line says, open every other image and check its size."""
     settings = run.settings
-    room = overlay.OVL_MAX_STACK - 2          # the base root and the list layer
+    room = overlay.OVL_MAX_STACK - 1          # below them all, the base root
     cands: list[_Candidate] = []
     try:
         for index, entry in enumerate(entries):
@@ -403,7 +403,12 @@ def stack_layers(run: _Run, base_root: str, target: str) -> tuple[str, str]:
     """One read-only overlay; return (root to switch into, statusfile.API_*)."""
     if not run.mounted:
         return base_root, statusfile.API_NONE
-    list_layer = mount_list_layer(run, os.path.join(run.settings.staging_dir, LIST_LAYER))
+    list_layer = None
+    if len(run.mounted) + 2 <= overlay.OVL_MAX_STACK:
+        list_layer = mount_list_layer(run, os.path.join(run.settings.staging_dir, LIST_LAYER))
+    else:
+        run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: no room left under the "
+                         f"kernel's {overlay.OVL_MAX_STACK}-layer limit")
     # overlayfs reads lowerdir leftmost = topmost: the LAST list entry goes first, so later
     # entries win over earlier ones; the base root is the bottom; the list layer tops all.
     lowers = [path for _, path in reversed(run.mounted)] + [base_root]

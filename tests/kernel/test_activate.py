@@ -417,3 +417,23 @@ def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
     assert rows == [["000-ext0", "1", "ext0", "1.0", "active"],
                     ["001-ext1", "1", "ext1", "1.1", "active"],
                     ["002-ext2", "1", "ext2", "1.2", "skipped", "overlay_agent.skip=ext2"]]
+
+
+@pytest.mark.parametrize(("count", "phases", "shown"), [
+    (2, ["active"] * 2, True),
+    (3, ["active"] * 3, False),            # the list layer gives way to extensions
+    (4, ["active"] * 3 + ["failed"], False),
+])
+def test_overlay_layer_limit(env: Env, image_cache: Callable[[int], Path],
+                             monkeypatch: pytest.MonkeyPatch, count: int, phases: list[str],
+                             shown: bool) -> None:
+    monkeypatch.setattr(overlay, "OVL_MAX_STACK", 4)   # the kernel's is 500
+    env.add(image_cache, list(range(count)))
+    env.activate()
+    status = read_status(env.settings.status_path)
+    assert [e.phase.value for e in status.extensions] == phases
+    assert (env.target / "etc/extensions.yaml").exists() == shown
+    assert env.read(f"{SHARE}/layer") == ("2" if count > 2 else "1")
+    if count == 4:
+        assert env.lines == ["extension 003-ext3: failed: over the 3 extensions an overlay "
+                             "can stack"]
