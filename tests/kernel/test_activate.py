@@ -234,20 +234,42 @@ def test_injected_layer_fault_skips_only_that_layer(env: Env, image_cache: Calla
     assert phases == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
 
 
-@pytest.mark.parametrize("api", [OverlayApi.MOUNT, OverlayApi.FSCONFIG])
+def no_lowerdir_plus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel before 6.8: fsconfig refuses the lowerdir+ key."""
+    real = syscalls.fsconfig
+
+    def old_kernel(fd: int, cmd: int, key: str | None = None, value: str | None = None,
+                   aux: int = 0) -> None:
+        if key == "lowerdir+":
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), f"{key}={value}")
+        real(fd, cmd, key, value, aux)
+
+    monkeypatch.setattr(syscalls, "fsconfig", old_kernel)
+
+
+OVERLAY_FAULTS: dict[str, tuple[OverlayApi, Callable[[pytest.MonkeyPatch], None], str]] = {
+    "mount(2)": (OverlayApi.MOUNT, lambda mp: fail_nth(
+        mp, "mount", lambda src, dst, fstype=None, *r: fstype == "overlay"),
+        "Input/output error"),
+    "fsmount": (OverlayApi.FSCONFIG, lambda mp: fail_nth(mp, "fsmount", lambda *a: True),
+                "Input/output error"),
+    "no lowerdir+": (OverlayApi.FSCONFIG, no_lowerdir_plus,
+                     "this kernel has no overlayfs lowerdir+ (Linux 6.8+) and the layer paths "
+                     "exceed one page"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(OVERLAY_FAULTS))
 def test_overlay_failure_boots_bare_root(env: Env, image_cache: Callable[[int], Path],
-                                         monkeypatch: pytest.MonkeyPatch,
-                                         api: OverlayApi) -> None:
+                                         monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    api, inject, error = OVERLAY_FAULTS[fault]
     force_api(monkeypatch, api)
     env.add(image_cache, [0, 1])
-    if api is OverlayApi.MOUNT:
-        fail_nth(monkeypatch, "mount", lambda src, dst, fstype=None, *r: fstype == "overlay")
-    else:
-        fail_nth(monkeypatch, "fsmount", lambda *a: True)
+    inject(monkeypatch)
     assert env.activate() == str(env.base)
     monkeypatch.undo()
     assert not os.path.ismount(env.target)
-    assert env.lines == [f"overlay at {env.target}: Input/output error; booting the bare root"]
+    assert env.lines == [f"overlay at {env.target}: {error}; booting the bare root"]
     status = read_status(env.settings.status_path)
     assert status.overlay is OverlayApi.NONE and status.notes == tuple(env.lines)
     assert {(e.phase, e.reason) for e in status.extensions} == {(Phase.FAILED, env.lines[0])}
