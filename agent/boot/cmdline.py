@@ -6,10 +6,8 @@ kernel-parameters.txt); everything after ` -- ` belongs to init.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-
 from agent.boot.layout import DEFAULT_INIT
+from agent.boot.values import Value
 from agent.errors import BootError
 
 PREFIX = "overlay_agent."
@@ -20,40 +18,76 @@ _OWN_FLAGS = ("disable", "strict", "debug")
 _ROOT_SYNTAX = "expected /dev/NAME, UUID=, LABEL= or PARTUUID="
 
 
-class RootKind(enum.Enum):
+class RootKind:
+    """How root= names the device (string constants: enum costs an import on the boot path)."""
+
     PATH = "path"
     UUID = "UUID"
     LABEL = "LABEL"
     PARTUUID = "PARTUUID"
 
 
-@dataclass(frozen=True)
-class RootSpec:
-    kind: RootKind
+class RootSpec(Value):
+    __slots__ = ("kind", "value")
+    kind: str
     value: str
 
+    def __init__(self, kind: str, value: str) -> None:
+        self._set(kind=kind, value=value)
+
     def __str__(self) -> str:
-        return self.value if self.kind is RootKind.PATH else f"{self.kind.value}={self.value}"
+        return self.value if self.kind == RootKind.PATH else f"{self.kind}={self.value}"
 
 
-@dataclass(frozen=True)
-class BootParams:
-    root: RootSpec | None = None
-    rootfstype: str | None = None
-    rootflags: str | None = None
-    rw_requested: bool = False      # `rw` is noted and ignored: the root is always read-only
-    init: str = DEFAULT_INIT
-    init_args: tuple[str, ...] = ()
-    rootwait: bool = False
-    rootdelay: float | None = None
-    panic: int = 0                  # >0 reboot after N s, <0 at once, 0 hang
-    quiet: bool = False
-    disable: bool = False
-    skip: frozenset[str] = frozenset()
-    strict: bool = False
-    debug: bool = False
-    test_token: str | None = None
-    notes: tuple[str, ...] = field(default=())   # harmless oddities, printed at boot
+class BootParams(Value):
+    """What PID 1 takes from the kernel command line."""
+
+    __slots__ = (
+        "debug",
+        "disable",
+        "init",
+        "init_args",
+        "notes",
+        "panic",
+        "quiet",
+        "root",
+        "rootdelay",
+        "rootflags",
+        "rootfstype",
+        "rootwait",
+        "rw_requested",
+        "skip",
+        "strict",
+        "test_token",
+    )
+    root: RootSpec | None
+    rootfstype: str | None
+    rootflags: str | None
+    rw_requested: bool         # `rw` is noted and ignored: the root is always read-only
+    init: str
+    init_args: tuple[str, ...]
+    rootwait: bool
+    rootdelay: float | None
+    panic: int                 # >0 reboot after N s, <0 at once, 0 hang
+    quiet: bool
+    disable: bool
+    skip: frozenset[str]
+    strict: bool
+    debug: bool
+    test_token: str | None
+    notes: tuple[str, ...]     # harmless oddities, printed at boot
+
+    def __init__(self, root: RootSpec | None = None, rootfstype: str | None = None,
+                 rootflags: str | None = None, rw_requested: bool = False,
+                 init: str = DEFAULT_INIT, init_args: tuple[str, ...] = (),
+                 rootwait: bool = False, rootdelay: float | None = None, panic: int = 0,
+                 quiet: bool = False, disable: bool = False, skip: frozenset[str] = frozenset(),
+                 strict: bool = False, debug: bool = False, test_token: str | None = None,
+                 notes: tuple[str, ...] = ()) -> None:
+        self._set(root=root, rootfstype=rootfstype, rootflags=rootflags,
+                  rw_requested=rw_requested, init=init, init_args=init_args, rootwait=rootwait,
+                  rootdelay=rootdelay, panic=panic, quiet=quiet, disable=disable, skip=skip,
+                  strict=strict, debug=debug, test_token=test_token, notes=notes)
 
     @property
     def root_timeout(self) -> float | None:
@@ -96,7 +130,7 @@ def parse_root(value: str) -> RootSpec:
         if value.startswith(prefix) and len(value) > len(prefix):
             return _tagged(kind, value[len(prefix):], value)
     for kind in (RootKind.UUID, RootKind.LABEL, RootKind.PARTUUID):
-        tag = f"{kind.value}="
+        tag = f"{kind}="
         if value.upper().startswith(tag) and value[:len(tag)] == tag:
             return _tagged(kind, value[len(tag):], value)
     if value.startswith("/dev/") and len(value) > 5 and "/../" not in value + "/":
@@ -104,12 +138,12 @@ def parse_root(value: str) -> RootSpec:
     raise BootError(f"root={value}: unknown syntax ({_ROOT_SYNTAX})")
 
 
-def _tagged(kind: RootKind, rest: str, original: str) -> RootSpec:
+def _tagged(kind: str, rest: str, original: str) -> RootSpec:
     if not rest:
-        raise BootError(f"root={original}: empty {kind.value}")
-    if kind is not RootKind.LABEL and not all(c in "0123456789abcdefABCDEF-" for c in rest):
-        raise BootError(f"root={original}: {kind.value} must be hexadecimal digits and dashes")
-    return RootSpec(kind, rest if kind is RootKind.LABEL else rest.lower())
+        raise BootError(f"root={original}: empty {kind}")
+    if kind != RootKind.LABEL and not all(c in "0123456789abcdefABCDEF-" for c in rest):
+        raise BootError(f"root={original}: {kind} must be hexadecimal digits and dashes")
+    return RootSpec(kind, rest if kind == RootKind.LABEL else rest.lower())
 
 
 def parse_cmdline(text: str) -> BootParams:

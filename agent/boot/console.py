@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import NoReturn
 
 from agent import syscalls
 from agent.boot.layout import CONSOLE, KMSG
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 TAG = "overlay-agent"
 KERN_CRIT = 2

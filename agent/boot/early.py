@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
 
 from agent import syscalls
 from agent.boot.layout import DEV, PROC, RUN, SYS
+from agent.boot.values import Undo
 from agent.errors import BootError
 
 _NOSUID_NODEV_NOEXEC = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
@@ -20,7 +20,7 @@ EARLY_MOUNTS: tuple[tuple[str, str, int, str | None], ...] = (
 )
 
 
-def mount_api_filesystems(undo: ExitStack | None, prefix: str = "") -> list[str]:
+def mount_api_filesystems(undo: Undo | None, prefix: str = "") -> list[str]:
     """Mount each early filesystem (below `prefix`, for tests); `undo` unmounts in reverse."""
     mounted: list[str] = []
     for target, fstype, flags, data in EARLY_MOUNTS:

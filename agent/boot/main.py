@@ -8,9 +8,6 @@ failure ends in console.fatal(), which follows panic=.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
-from typing import NoReturn, TypeVar
 
 from agent.boot.cmdline import BootParams, parse_cmdline
 from agent.boot.console import fatal, say
@@ -19,9 +16,15 @@ from agent.boot.layout import BASE_ROOT, CMDLINE, SYSROOT, UPTIME
 from agent.boot.modules import load_modules
 from agent.boot.rootfs import mount_root
 from agent.boot.switchroot import check_init, switch_root
+from agent.boot.values import Undo
 from agent.errors import BootError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing and collections.abc are for mypy only: not imported at boot
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn, TypeVar
+
+    T = TypeVar("T")
 
 
 class StepTimer:
@@ -103,7 +106,7 @@ def boot(timer: StepTimer) -> NoReturn:
     try:
         # /proc /sys /dev /run stay mounted on failure: the fatal path writes to /dev/kmsg.
         timer.run("early", mount_api_filesystems, None)
-        with ExitStack() as undo:
+        with Undo() as undo:
             raw = read_cmdline()
             params = timer.run("cmdline", parse_cmdline, raw)
             if params.debug:

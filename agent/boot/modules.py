@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 
 from agent import syscalls
 from agent.boot.layout import MODULES_LOAD
+from agent.boot.values import Value
 from agent.errors import BootError
 
 COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
 
 
-@dataclass(frozen=True)
-class ModulesReport:
+class ModulesReport(Value):
+    __slots__ = ("already", "loaded")
     loaded: int
     already: int
+
+    def __init__(self, loaded: int, already: int) -> None:
+        self._set(loaded=loaded, already=already)
 
 
 def read_module_list(path: str = MODULES_LOAD) -> list[str]:

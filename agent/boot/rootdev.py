@@ -13,11 +13,14 @@ import os
 import select
 import struct
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 from agent.boot.cmdline import RootKind, RootSpec
+from agent.boot.values import Value
 from agent.errors import BootError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 SYS_BLOCK = "/sys/class/block"
 EXT_MAGIC = 0xEF53
@@ -26,11 +29,14 @@ GPT_SIGNATURE = b"EFI PART"
 MBR_PROTECTIVE = 0xEE
 
 
-@dataclass(frozen=True)
-class FsInfo:
+class FsInfo(Value):
+    __slots__ = ("fstype", "label", "uuid")
     fstype: str
-    uuid: str = ""
-    label: str = ""
+    uuid: str
+    label: str
+
+    def __init__(self, fstype: str, uuid: str = "", label: str = "") -> None:
+        self._set(fstype=fstype, uuid=uuid, label=label)
 
 
 def format_uuid(raw: bytes) -> str:
@@ -132,16 +138,16 @@ def find_by_partuuid(partuuid: str, sys_block: str = SYS_BLOCK, dev: str = "/dev
 
 def find_device(spec: RootSpec, sys_block: str = SYS_BLOCK, dev: str = "/dev") -> str | None:
     """The device node for root=, or None while it has not appeared."""
-    if spec.kind is RootKind.PATH:
+    if spec.kind == RootKind.PATH:
         return spec.value if os.path.exists(spec.value) else None
-    if spec.kind is RootKind.PARTUUID:
+    if spec.kind == RootKind.PARTUUID:
         return find_by_partuuid(spec.value, sys_block, dev)
     for name in _block_devices(sys_block):
         info = probe_filesystem(os.path.join(dev, name))
         if info is None:
             continue
-        if (spec.kind is RootKind.UUID and info.uuid == spec.value) or \
-                (spec.kind is RootKind.LABEL and info.label == spec.value):
+        if (spec.kind == RootKind.UUID and info.uuid == spec.value) or \
+                (spec.kind == RootKind.LABEL and info.label == spec.value):
             return os.path.join(dev, name)
     return None
 

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
-from dataclasses import dataclass
 
 from agent import syscalls
 from agent.boot import loop
 from agent.boot.cmdline import BootParams
 from agent.boot.layout import ROOT_IMAGE
 from agent.boot.rootdev import probe_filesystem, wait_for_device
+from agent.boot.values import Undo, Value
 from agent.errors import BootError
 
 
-@dataclass(frozen=True)
-class MountedRoot:
+class MountedRoot(Value):
+    __slots__ = ("device", "fstype", "source", "target")
     source: str      # what root= or the image named
     device: str      # the block device mounted
     fstype: str
     target: str
 
+    def __init__(self, source: str, device: str, fstype: str, target: str) -> None:
+        self._set(source=source, device=device, fstype=fstype, target=target)
 
-def mount_root(params: BootParams, target: str, undo: ExitStack,
+
+def mount_root(params: BootParams, target: str, undo: Undo,
                image: str = ROOT_IMAGE) -> MountedRoot:
     """root= wins when given; else the image shipped in the initramfs; else an error."""
     if params.root is not None:
@@ -33,7 +35,7 @@ def mount_root(params: BootParams, target: str, undo: ExitStack,
     raise BootError(f"no root: give root= on the kernel command line or ship {image}")
 
 
-def mount_image(image: str, params: BootParams, target: str, undo: ExitStack) -> MountedRoot:
+def mount_image(image: str, params: BootParams, target: str, undo: Undo) -> MountedRoot:
     try:
         backing = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -54,7 +56,7 @@ def mount_image(image: str, params: BootParams, target: str, undo: ExitStack) ->
 
 
 def mount_device(source: str, device: str, params: BootParams, target: str,
-                 undo: ExitStack) -> MountedRoot:
+                 undo: Undo) -> MountedRoot:
     fstype = params.rootfstype or _probe_fstype(source, device)
     where = source if source == device else f"{source} ({device})"
     try:

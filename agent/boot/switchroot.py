@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from agent import syscalls
 from agent.boot.layout import API_MOUNTS
 from agent.errors import BootError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
 
 MAX_SYMLINKS = 40  # as the kernel's path walk
 
@@ -114,7 +117,7 @@ def delete_contents(top: str, device: int) -> int:
 
 
 def switch_root(newroot: str, init: str, args: Sequence[str],
-                before_exec: Callable[[], None] = lambda: None) -> NoReturn:
+                before_exec: Callable[[], None] | None = None) -> NoReturn:
     """Make `newroot` the root and exec `init`; returns only by raising BootError."""
     check_init(newroot, init)
     initramfs = is_ramfs("/")
@@ -129,7 +132,8 @@ def switch_root(newroot: str, init: str, args: Sequence[str],
         os.chdir("/")
     except OSError as exc:
         raise BootError(f"switch root to {newroot}: {exc.strerror}") from exc
-    before_exec()
+    if before_exec is not None:
+        before_exec()
     try:
         os.execv(init, [init, *args])
     except OSError as exc:

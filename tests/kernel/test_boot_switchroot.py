@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from agent.boot.cmdline import parse_cmdline
 from agent.boot.early import mount_api_filesystems
 from agent.boot.rootfs import mount_root
 from agent.boot.switchroot import delete_contents, is_ramfs, move_api_mounts
+from agent.boot.values import Undo
 from agent.errors import BootError
 from agent.tools import run
 
@@ -63,7 +63,7 @@ def test_delete_contents_stays_on_its_filesystem(tmpfs: Path) -> None:
 def test_is_ramfs(tmpfs: Path, images: Path) -> None:
     assert is_ramfs(str(tmpfs))
     (tmpfs / "sq").mkdir()
-    with ExitStack() as undo:
+    with Undo() as undo:
         mount_root(parse_cmdline(""), str(tmpfs / "sq"), undo, image=str(images / "root.sqsh"))
         assert not is_ramfs(str(tmpfs / "sq"))
 
@@ -90,7 +90,7 @@ def test_move_api_mounts_moves(tmpfs: Path) -> None:
 
 
 def test_early_mounts(tmpfs: Path) -> None:
-    with ExitStack() as undo:
+    with Undo() as undo:
         mounted = mount_api_filesystems(undo, prefix=str(tmpfs))
         assert mounted == [f"{tmpfs}/proc", f"{tmpfs}/sys", f"{tmpfs}/dev", f"{tmpfs}/run"]
         assert (tmpfs / "proc" / "cmdline").exists()
@@ -100,7 +100,7 @@ def test_early_mounts(tmpfs: Path) -> None:
 
 
 def test_mount_root_image_read_only(tmpfs: Path, images: Path) -> None:
-    with ExitStack() as undo:
+    with Undo() as undo:
         root = mount_root(parse_cmdline("panic=1"), str(tmpfs), undo,
                           image=str(images / "root.sqsh"))
         assert (root.fstype, root.source) == ("squashfs", str(images / "root.sqsh"))
@@ -113,7 +113,7 @@ def test_mount_root_image_read_only(tmpfs: Path, images: Path) -> None:
 
 
 def test_mount_root_garbage_image(tmpfs: Path, images: Path) -> None:
-    with ExitStack() as undo, pytest.raises(BootError) as info:
+    with Undo() as undo, pytest.raises(BootError) as info:
         mount_root(parse_cmdline(""), str(tmpfs), undo, image=str(images / "garbage.sqsh"))
     message = str(info.value)
     assert message.startswith(f"mount root {images}/garbage.sqsh (/dev/loop")
@@ -121,7 +121,7 @@ def test_mount_root_garbage_image(tmpfs: Path, images: Path) -> None:
 
 
 def test_mount_root_no_root(tmpfs: Path) -> None:
-    with ExitStack() as undo, pytest.raises(BootError) as info:
+    with Undo() as undo, pytest.raises(BootError) as info:
         mount_root(parse_cmdline(""), str(tmpfs), undo, image=str(tmpfs / "none.sqsh"))
     assert str(info.value) == (f"no root: give root= on the kernel command line or ship "
                                f"{tmpfs}/none.sqsh")
@@ -134,7 +134,7 @@ def test_mount_root_block_device(tmpfs: Path, images: Path, root: str) -> None:
     os.close(fd)
     try:
         params = parse_cmdline(f"root={root.replace('DEVICE', dev.path)} rootdelay=1")
-        with ExitStack() as undo:
+        with Undo() as undo:
             mounted = mount_root(params, str(tmpfs), undo)
             assert (mounted.device, mounted.fstype) == (dev.path, "ext4")
             assert os.access(tmpfs / "sbin" / "init", os.X_OK)
@@ -144,6 +144,6 @@ def test_mount_root_block_device(tmpfs: Path, images: Path, root: str) -> None:
 
 def test_mount_root_device_never_appears(tmpfs: Path) -> None:
     params = parse_cmdline("root=/dev/doesnotexist rootdelay=0.3")
-    with ExitStack() as undo, pytest.raises(BootError) as info:
+    with Undo() as undo, pytest.raises(BootError) as info:
         mount_root(params, str(tmpfs), undo)
     assert str(info.value) == "root=/dev/doesnotexist: device did not appear within 0.3 s"
