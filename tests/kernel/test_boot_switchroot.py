@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import pytest
 
 from agent import syscalls
 from agent.boot import loop
-from agent.boot.cmdline import parse_cmdline
+from agent.boot.cmdline import RootKind, RootSpec, parse_cmdline
 from agent.boot.early import mount_api_filesystems
+from agent.boot.rootdev import wait_for_device
 from agent.boot.rootfs import mount_root
 from agent.boot.switchroot import delete_contents, is_ramfs, move_api_mounts
 from agent.boot.values import Undo
@@ -140,6 +143,30 @@ def test_mount_root_block_device(tmpfs: Path, images: Path, root: str) -> None:
             assert os.access(tmpfs / "sbin" / "init", os.X_OK)
     finally:
         loop.detach(dev)
+
+
+def test_wait_sees_a_device_that_appears_later(images: Path) -> None:
+    """The waiter listens to uevents: a loop device attached 0.3 s later is found by label."""
+    attached: list[loop.LoopDevice] = []
+
+    def attach_later() -> None:
+        time.sleep(0.3)
+        fd = os.open(images / "root.ext4", os.O_RDONLY)
+        attached.append(loop.attach_readonly(fd, str(images / "root.ext4")))
+        os.close(fd)
+
+    worker = threading.Thread(target=attach_later)
+    start = time.monotonic()
+    worker.start()
+    try:
+        found = wait_for_device(RootSpec(RootKind.LABEL, "kroot"), timeout=10)
+        worker.join()
+        assert found == attached[0].path
+        assert 0.25 < time.monotonic() - start < 5
+    finally:
+        worker.join()
+        for dev in attached:
+            loop.detach(dev)
 
 
 def test_mount_root_device_never_appears(tmpfs: Path) -> None:

@@ -11,6 +11,7 @@ from agent.boot.cmdline import BootParams
 from agent.boot.console import fatal_line
 from agent.boot.main import StepTimer, describe, fallback_params
 from agent.boot.modules import load_module, read_module_list
+from agent.boot.values import Undo
 from agent.errors import BootError
 
 
@@ -63,3 +64,24 @@ def test_missing_module_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(BootError) as info:
         load_module(str(tmp_path / "loop.ko.zst"))
     assert str(info.value) == f"kernel module {tmp_path}/loop.ko.zst: No such file or directory"
+
+
+def test_value_is_frozen_and_compares_by_field() -> None:
+    params = BootParams(panic=3)
+    assert params == BootParams(panic=3) != BootParams(panic=4)
+    assert hash(params) == hash(BootParams(panic=3))
+    assert "panic=3" in repr(params)
+    with pytest.raises(AttributeError):
+        params.panic = 5  # type: ignore[misc]
+
+
+def test_undo_runs_in_reverse_and_pop_all_keeps() -> None:
+    done: list[str] = []
+    with Undo() as undo:
+        undo.callback(done.append, "first")
+        undo.callback(done.append, "second")
+    assert done == ["second", "first"]
+    with Undo() as undo:
+        undo.callback(done.append, "kept")
+        undo.pop_all()
+    assert done == ["second", "first"]
