@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+from qemu import BootResult, boot
 
 from agent.initramfs.build import InitramfsSpec, build_initramfs
 from agent.kernels import Kernel
@@ -18,6 +21,7 @@ CACHE = ROOT / ".cache" / "vm-fixtures"
 BUSYBOX = Path("/bin/busybox")
 EXT4_UUID = "5e0c1f2a-9b7d-4e36-a1c8-0d2f4b6e8a13"
 TOKEN_KEY = "overlay_agent.test_token"
+BOOT_TIMEOUT = 120.0   # TCG on a shared 2-core machine; a boot takes 6-20 s
 
 # /sbin/init of the test root: report what PID 1 handed over, then power off.
 ROOT_INIT = f"""#!/bin/sh
@@ -82,3 +86,24 @@ def initramfs(kernel: Kernel, root_image: Path | None, cache: Path = CACHE) -> P
                              root_image=root_image)
         build_initramfs(spec, out)
     return out
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One kernel with its initramfs images; boot() runs QEMU and returns the serial log."""
+
+    kernel: Kernel
+    initrd_with_root: Path
+    initrd_plain: Path
+    root_sqsh: Path
+    root_ext4: Path
+    logs: Path
+
+    def boot(self, name: str, append: str, *, with_root: bool, disk: Path | None = None,
+             token: str = "") -> BootResult:
+        initrd = self.initrd_with_root if with_root else self.initrd_plain
+        if token:
+            kernel_part, sep, init_part = append.partition(" -- ")
+            append = f"{kernel_part} overlay_agent.test_token={token}{sep}{init_part}"
+        return boot(self.kernel.vmlinuz, initrd, append, disk=disk, timeout=BOOT_TIMEOUT,
+                    serial_log=self.logs / f"{self.kernel.suite}-{name}.log")

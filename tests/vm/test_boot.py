@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import Machine
-from images import EXT4_UUID
+from images import EXT4_UUID, Machine
 from qemu import BootResult
 
 HANDED_OVER = re.compile(r"ROOT-INIT pid=1 root=ro api= /dev /proc /sys /run args=(.*) "
