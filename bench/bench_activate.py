@@ -160,6 +160,7 @@ def measure_all(tmp: Path) -> list[str]:
 
 def run(out: Path, kernels: Path) -> None:
     del kernels
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="oab", dir="/tmp") as tmp:
         # images and /run live in RAM at boot (initramfs, tmpfs): no disk in the figures
         syscalls.mount("bench", tmp, "tmpfs", 0, "mode=0755")
@@ -173,7 +174,9 @@ def run(out: Path, kernels: Path) -> None:
         f"(random bytes) with sha256 and size checks, median of {RUNS} runs, in a private mount "
         "namespace; against /bin/sh with `sha256sum -c` and util-linux `mount -o loop`. "
         "`agent CPU` is its user+system time (all threads); `in-process` is the activation "
-        "alone (the status file's duration).\n\n"
+        "alone (the status file's duration). Load average (1 min) before and after: "
+        f"{load_before:.2f}, {os.getloadavg()[0]:.2f}: squashfs mounts wait on the loop "
+        "device's kernel worker, so other load on the machine stretches them.\n\n"
         "| N | agent ms | agent CPU ms | in-process ms | script ms | agent/script "
         "| peak RSS MiB | goal |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
