@@ -19,9 +19,10 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.bake.demo import EXAMPLES_INIT, bake_examples  # noqa: E402
 from agent.demo import DONE_MARKER, MARKER, TOKEN_KEY, build_demo_root  # noqa: E402
 from agent.errors import AgentError  # noqa: E402
-from agent.initramfs.build import InitramfsSpec, build_initramfs  # noqa: E402
+from agent.initramfs.build import InitramfsSpec, build_initramfs, source_date_epoch  # noqa: E402
 from agent.kernels import SUITES, load_kernel  # noqa: E402
 
 
@@ -61,10 +62,15 @@ def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
     out.mkdir(parents=True, exist_ok=True)
     print(f"demo: building the demo root and the initramfs for {suite} ({kernel.release})",
           flush=True)
-    root = build_demo_root(out / "demo-root.sqsh")
-    initrd = out / f"initrd-{suite}.img"
+    root = build_demo_root(out / "demo-root.sqsh", extra_init=EXAMPLES_INIT)
+    plain = out / f"initrd-{suite}-plain.img"
     build_initramfs(InitramfsSpec(kernel.release, kernel.modules_dir, root_image=root,
-                                  disk_modules=False), initrd)
+                                  disk_modules=False), plain)
+    initrd = out / f"initrd-{suite}.img"
+    baked = bake_examples(ROOT / "examples", plain, initrd, out / "bake", base_root=root,
+                          epoch=source_date_epoch())
+    print(f"demo: baked {', '.join(x.image for x in baked.layers)} into {initrd.name} "
+          f"(packed examples, built from examples/machine.yaml)", flush=True)
     token = secrets.token_hex(6)
     qemu = load_harness()
     log = out / f"serial-{suite}.log"

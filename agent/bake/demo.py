@@ -13,6 +13,11 @@ from agent.bake.config import load_documents, validate_documents
 from agent.bake.squash import Compression
 from agent.errors import ValidationFailed
 
+# Run by the demo root's /sbin/init once booted: the examples' files through the overlay.
+EXAMPLES_INIT = """/usr/local/bin/hello-extension || echo "hello-extension: exit status $?"
+echo "example firmware: $(cat /usr/lib/firmware/overlay-agent/example.bin)"
+"""
+
 
 def pack_sources(config: Path, base: Path, work: Path, epoch: int) -> Path:
     """Pack every `dir:` image of CONFIG (relative to BASE) into an oci-archive under WORK;
