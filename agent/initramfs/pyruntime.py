@@ -33,6 +33,7 @@ ENTRY_MODULES: tuple[str, ...] = (
     "agent.boot.activate",
     "agent.cli",
     "json",
+    "traceback",
     "yaml",
     "pyroute2.netlink.uevent",
     "encodings.utf_8",

@@ -113,3 +113,18 @@ def test_bad_inputs_are_reported_together_and_nothing_is_written(tmp_path: Path)
 def test_members_never_sit_under_a_symlink(name: str, links: dict[str, str],
                                            expected: str) -> None:
     assert canonical_name(name, links) == expected
+
+
+def test_cli_reports_a_wrong_release_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    k = kernel("bookworm")
+    out = tmp_path / "x.img"
+    proc = subprocess.run([sys.executable, "-m", "agent", "mkinitramfs", "--kernel-release",
+                           "9.9.9-amd64", "--modules-dir", str(k.modules_dir), "-o", str(out)],
+                          capture_output=True, text=True, cwd=CACHE.parent.parent)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"overlay-agent: error: {k.modules_dir}: modules folder is for "
+                           f"kernel release {k.release}, not 9.9.9-amd64\n")
+    assert not out.exists()
