@@ -11,16 +11,17 @@ from pathlib import Path
 
 from agent import cpio
 from agent.initramfs.build import InitramfsSpec, build_initramfs
-from agent.initramfs.pyruntime import build_runtime
+from agent.initramfs.pyruntime import ENTRY_MODULES, build_runtime
 from agent.kernels import SUITES, load_kernel
 
 RUNTIME_GOAL = 6 << 20
 MIB = float(1 << 20)
 
 
-def runtime_figures() -> tuple[int, int, int, int]:
+def runtime_figures(entry_modules: tuple[str, ...] = ENTRY_MODULES,
+                    ) -> tuple[int, int, int, int]:
     """(compressed bytes, uncompressed bytes, .pyc count, ELF count) of the runtime alone."""
-    runtime = build_runtime(mtime=0)
+    runtime = build_runtime(entry_modules, mtime=0)
     members = cpio.with_parents(runtime.entries)
     buf = io.BytesIO()
     cpio.write(members, buf)
@@ -40,6 +41,11 @@ def run(out: Path, kernels: Path) -> None:
         f"({raw / MIB:.1f} MiB unpacked, {pycs} .pyc, {elves} ELF files) "
         f"| at most {RUNTIME_GOAL / MIB:.0f} MiB ({verdict}) |",
     ]
+    light = tuple(m for m in ENTRY_MODULES if not m.startswith("pyroute2"))
+    packed, raw, pycs, elves = runtime_figures(light)
+    lines.append(f"| the same without pyroute2 (uevent wait) | {packed / MIB:.2f} MiB "
+                 f"({raw / MIB:.1f} MiB unpacked, {pycs} .pyc, {elves} ELF files) "
+                 "| for comparison |")
     with tempfile.TemporaryDirectory() as tmp:
         for suite in SUITES:
             if not (kernels / suite / "kernel-release").exists():
