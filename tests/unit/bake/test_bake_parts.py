@@ -13,6 +13,7 @@ from agent import cpio
 from agent.bake.atomic import write_atomically
 from agent.bake.build import BuildRequest, check_size, gather_sources, image_name, read_input
 from agent.bake.firmware import firmware_entries, resolve_in_tree
+from agent.bake.squash import plan_parallelism
 from agent.commands.build import parse_size
 from agent.errors import BuildError, UsageError
 
@@ -142,3 +143,11 @@ def test_named_temp_file_when_o_tmpfile_is_unsupported(tmp_path: Path,
     write_atomically(dest, write)
     assert dest.read_bytes() == b"data"
     assert os.listdir(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("count,jobs,cores,plan", [
+    (10, 0, 2, (2, 2)), (1, 0, 2, (1, 4)), (10, 1, 2, (1, 4)), (3, 0, 64, (3, 42)),
+    (100, 0, 64, (64, 2)), (5, 0, 1, (1, 2))])
+def test_parallelism_spreads_threads_over_images(count: int, jobs: int, cores: int,
+                                                 plan: tuple[int, int]) -> None:
+    assert plan_parallelism(count, jobs, cores) == plan
