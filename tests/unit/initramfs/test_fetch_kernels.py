@@ -110,3 +110,15 @@ def test_fetched_kernels_have_the_documented_layout(suite: str, major: str,
     assert ("usr/lib/modules" in str(k.modules_dir)) == merged
     assert (k.modules_dir / "modules.dep").stat().st_size > 0
     assert (CACHE / suite / "modules").resolve() == k.modules_dir.resolve()
+
+
+def test_second_fetch_downloads_nothing() -> None:
+    from agent.kernels import fetch_kernel
+
+    if not (CACHE / "bookworm" / "metapackage").exists():
+        pytest.skip("run `make kernels` first")
+    before = (CACHE / "bookworm" / "vmlinuz").stat().st_mtime_ns
+    result = fetch_kernel(CACHE, "bookworm", derive_mirrors())
+    assert not result.downloaded
+    assert result.kernel == load_kernel(CACHE, "bookworm")
+    assert (CACHE / "bookworm" / "vmlinuz").stat().st_mtime_ns == before
