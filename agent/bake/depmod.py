@@ -31,16 +31,21 @@ class ModulesPlan:
     layer_dir: str          # where the layer puts its files: lib/modules or usr/lib/modules
 
 
+def find_release_dirs_at(root: Path, rel: str) -> list[str]:
+    """Kernel releases with a real modules folder at ROOT/REL (symlinked paths skipped)."""
+    top = root / rel
+    if top.is_symlink() or not top.is_dir() or (root / rel.split("/")[0]).is_symlink():
+        return []
+    return [k for k in sorted(os.listdir(top))
+            if (top / k).is_dir() and not (top / k).is_symlink()]
+
+
 def find_release_dirs(root: Path) -> dict[str, Path]:
-    """Kernel release -> modules folder in `root` (split or merged /usr, no duplicates)."""
+    """Kernel release -> modules folder in `root` (split or merged /usr; lib/ first)."""
     found: dict[str, Path] = {}
     for rel in MODULE_DIRS:
-        top = root / rel
-        if top.is_symlink() or not top.is_dir() or (root / rel.split("/")[0]).is_symlink():
-            continue
-        for kver in sorted(os.listdir(top)):
-            if (top / kver).is_dir() and not (top / kver).is_symlink():
-                found.setdefault(kver, top / kver)
+        for kver in find_release_dirs_at(root, rel):
+            found.setdefault(kver, root / rel / kver)
     return found
 
 
@@ -65,7 +70,8 @@ def open_base_modules(base_root: Path, work: Path) -> tuple[Path, bool]:
 def plan_modules(roots: Mapping[str, Path], base_root: Path | None, release: str | None,
                  work: Path) -> tuple[ModulesPlan | None, list[str]]:
     """Decide whether a modules layer is needed and for which release; return every problem."""
-    shipping = {label: [k for k, d in find_release_dirs(root).items() if ships_modules(d)]
+    shipping = {label: sorted({k for rel in MODULE_DIRS for k in find_release_dirs_at(root, rel)
+                               if ships_modules(root / rel / k)})
                 for label, root in roots.items()}
     shipping = {label: kvers for label, kvers in shipping.items() if kvers}
     if not shipping:
@@ -113,9 +119,9 @@ def build_modules_layer(plan: ModulesPlan, roots: Sequence[Path], work: Path) ->
     """Run depmod over the merged trees; return a rootfs holding only the new modules.* files."""
     tree = work / "depmod-tree"
     merged = tree / "usr/lib/modules" / plan.release
-    sources = [plan.base_modules] + [d for root in roots
-                                     for k, d in find_release_dirs(root).items()
-                                     if k == plan.release]
+    sources = [plan.base_modules] + [root / rel / plan.release for root in roots
+                                     for rel in MODULE_DIRS
+                                     if plan.release in find_release_dirs_at(root, rel)]
     link_tree(sources, merged, top=True)
     (tree / "lib").symlink_to("usr/lib")   # older kmod looks under lib/modules only
     conf = work / "depmod.d"

@@ -12,6 +12,7 @@ import pytest
 from bake_support import KERNELS, debian_style_initrd, make_extension, overlay_agent
 
 from agent import contract
+from agent.bake.depmod import build_modules_layer, plan_modules
 from agent.bake.segments import merged_members, split_segments
 from agent.errors import AgentError
 from agent.kernels import load_kernel
@@ -121,3 +122,28 @@ def test_modules_without_base_root_is_a_problem(tmp_path: Path) -> None:
     assert proc.stderr.splitlines()[1:] == [
         f"dir:{ext}: ships kernel modules (6.1.0): give --base-root so depmod sees the "
         f"base's modules too"]
+
+
+def test_extras_override_built_in_and_both_layouts_merge(tmp_path: Path) -> None:
+    """`search extras updates built-in`: an extension's extras/ copy of an in-tree module wins;
+    modules under lib/modules and usr/lib/modules of one extension are both indexed."""
+    try:
+        kernel = load_kernel(KERNELS, "bookworm")
+    except AgentError:
+        pytest.skip("no fetched bookworm kernel (make kernels)")
+    stock, release = kernel.modules_dir, kernel.release
+    path, deps = stock_entry(stock)
+    base = tmp_path / "base"
+    make_base(base, "lib/modules", stock, release, deps)
+    dep = Path(deps[0]).name
+    ext = make_extension(tmp_path / "exts", "mods", {
+        f"lib/modules/{release}/extras/{dep}": (stock / deps[0]).read_bytes(),
+        f"usr/lib/modules/{release}/updates/{Path(path).name}": (stock / path).read_bytes()})
+    plan, problems = plan_modules({"mods": ext / "rootfs"}, base, None, tmp_path)
+    assert problems == [] and plan is not None and plan.release == release
+    layer = build_modules_layer(plan, [ext / "rootfs"], tmp_path / "work")
+    dep_lines = dict(line.split(":", 1) for line in
+                     (layer / "lib/modules" / release / "modules.dep").read_text().splitlines())
+    assert dep_lines[f"updates/{Path(path).name}"].split() == [
+        f"extras/{dep}", *deps[1:]]
+    assert deps[0] not in dep_lines            # the in-tree copy lost to extras/
