@@ -90,19 +90,27 @@ def derive_mirrors(etc_apt: Path = Path("/etc/apt")) -> Mirrors:
     return choose_mirrors(entries, etc_apt)
 
 
+DEBIAN_SUITES = ("buster", "bullseye", "bookworm", "trixie", "forky", "sid",
+                 "oldstable", "stable", "testing", "unstable")
+
+
 def choose_mirrors(entries: Iterable[tuple[str, list[str]]], where: Path) -> Mirrors:
+    """The first URI serving a Debian suite (any mirror or snapshot path) and the first
+    serving a -security suite; third-party repositories are passed over."""
     archive: str | None = None
     security: str | None = None
     for uri, suites in entries:
         if not uri.startswith(("http://", "https://", "file:/")):
             continue
-        is_security = any(s.endswith("-security") or s.endswith("/updates") for s in suites)
-        if is_security and security is None:
-            security = uri.rstrip("/")
-        elif not is_security and archive is None and uri.rstrip("/").endswith("/debian"):
-            archive = uri.rstrip("/")
+        bases = {s.split("/")[0].split("-")[0] for s in suites}
+        if not bases & set(DEBIAN_SUITES):
+            continue
+        if any(s.endswith("-security") or s.endswith("/updates") for s in suites):
+            security = security or uri.rstrip("/")
+        else:
+            archive = archive or uri.rstrip("/")
     if archive is None:
-        raise SourceError(f"{where}: no Debian archive URI (…/debian) in the apt sources")
+        raise SourceError(f"{where}: no Debian archive URI in the apt sources")
     return Mirrors(archive, security)
 
 

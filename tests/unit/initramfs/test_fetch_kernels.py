@@ -61,7 +61,17 @@ def test_no_archive_uri_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "sources.list.d").mkdir()
     with pytest.raises(SourceError) as exc:
         derive_mirrors(tmp_path)
-    assert str(exc.value) == f"{tmp_path}: no Debian archive URI (…/debian) in the apt sources"
+    assert str(exc.value) == f"{tmp_path}: no Debian archive URI in the apt sources"
+
+
+def test_third_party_and_snapshot_sources() -> None:
+    entries = [("http://nodesource.example/node_20.x", ["nodistro"]),
+               ("http://snapshot.example/archive/debian/20250520T000000Z", ["bookworm"]),
+               ("http://snapshot.example/archive/debian-security/20250520T000000Z",
+                ["bookworm-security"])]
+    assert choose_mirrors(entries, Path("/etc/apt")) == Mirrors(
+        "http://snapshot.example/archive/debian/20250520T000000Z",
+        "http://snapshot.example/archive/debian-security/20250520T000000Z")
 
 
 def test_sources_cover_updates_and_security() -> None:
