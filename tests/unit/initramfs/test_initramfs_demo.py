@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +12,14 @@ from agent.demo import MARKER, build_demo_root, render_init
 
 
 @pytest.fixture(scope="module")
-def listing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
-    out = build_demo_root(tmp_path_factory.mktemp("demo") / "root.sqsh",
-                          extra_init="echo EXTRA-LINE")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_demo_root(tmp_path_factory.mktemp("demo") / "root.sqsh",
+                           extra_init="echo EXTRA-LINE")
+
+
+@pytest.fixture(scope="module")
+def listing(image: Path) -> dict[str, tuple[str, str]]:
+    out = image
     text = subprocess.run(["unsquashfs", "-lls", str(out)], capture_output=True, text=True,
                           check=True).stdout
     found: dict[str, tuple[str, str]] = {}
@@ -55,3 +61,8 @@ def test_init_prints_the_token_marker_and_extra_lines() -> None:
     assert script.index("echo EXTRA-LINE") < script.index("poweroff -f")
     proc = subprocess.run(["busybox", "sh", "-n", "-c", script], capture_output=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_same_inputs_give_the_same_image(image: Path, tmp_path: Path) -> None:
+    again = build_demo_root(tmp_path / "again.sqsh", extra_init="echo EXTRA-LINE")
+    assert again.read_bytes() == image.read_bytes()
