@@ -46,6 +46,7 @@ mounted /dev || mount -t devtmpfs devtmpfs /dev
 mounted /run || mount -t tmpfs -o mode=0755 tmpfs /run
 mounted /tmp || mount -t tmpfs tmpfs /tmp
 [ -c /dev/console ] && exec >/dev/console 2>&1 </dev/null
+hostname -F /etc/hostname
 token=""
 for word in $(cat /proc/cmdline); do
   case "$word" in {TOKEN_KEY}=*) token="${{word#*=}}" ;; esac
