@@ -44,7 +44,7 @@ class Segment:
 
 _MAGICS: tuple[tuple[bytes, SegmentFormat], ...] = (
     (b"070701", SegmentFormat.CPIO), (b"070702", SegmentFormat.CPIO),
-    (b"\x1f\x8b", SegmentFormat.GZIP), (b"\x1f\x9e", SegmentFormat.GZIP),
+    (b"\x1f\x8b", SegmentFormat.GZIP),
     (b"\xfd7zXZ\x00", SegmentFormat.XZ), (b"\x5d\x00\x00", SegmentFormat.LZMA),
     (b"BZh", SegmentFormat.BZIP2), (b"\x28\xb5\x2f\xfd", SegmentFormat.ZSTD),
     (b"\x02\x21\x4c\x18", SegmentFormat.LZ4),

@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
                     "to the input initramfs. Nothing is written if any extension fails.")
     p.add_argument("--config", type=Path, help="Talos machine config (machine.install.extensions)")
     p.add_argument("--extension", action="append", default=[], metavar="SOURCE",
-                   help="an extension source (dir:PATH, oci:..., docker://...); repeatable, "
+                   help="an extension source (REGISTRY/REPO:TAG, docker://..., oci:PATH[:TAG], "
+                        "oci-archive:PATH, docker-archive:PATH, dir:PATH); repeatable, "
                         "placed after the config's")
     p.add_argument("--initramfs", type=Path, required=True, metavar="IN",
                    help="initramfs to extend (the agent's own or a distribution's)")
