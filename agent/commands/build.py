@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -20,13 +19,6 @@ def parse_size(text: str) -> int:
     if match is None:
         raise UsageError(f"--max-size {text!r}: not a size (e.g. 64M, 1G, 123456)")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def source_date_epoch() -> int:
-    text = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    if not text.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH={text!r}: not a number of seconds")
-    return int(text)
 
 
 def register(subparsers: Any) -> None:
@@ -62,6 +54,7 @@ def register(subparsers: Any) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from agent.bake.build import BuildRequest, build_initramfs
     from agent.bake.squash import Compression
+    from agent.image.pack import source_date_epoch
 
     request = BuildRequest(
         initramfs=args.initramfs, output=args.output, config=args.config,
