@@ -240,9 +240,9 @@ def fetch_kernel(cache: Path, suite: str, mirrors: Mirrors) -> FetchResult:
     meta = apt.show(METAPACKAGE)
     meta_version = parse_field(meta, "Version")
     package = parse_kernel_depends(meta)
-    stamp = f"{METAPACKAGE} {meta_version} {package}\n"
+    stamp = f"{METAPACKAGE} {meta_version} {package}"
     cached = read_cached(cache, suite)
-    if cached is not None and (base / "metapackage").read_text() == stamp:
+    if cached is not None and (base / "metapackage").read_text().split()[:3] == stamp.split():
         return cached
     debs = base / "debs"
     if debs.exists():
@@ -252,8 +252,9 @@ def fetch_kernel(cache: Path, suite: str, mirrors: Mirrors) -> FetchResult:
     if deb is None:
         raise SourceError(f"{debs}: apt-get download left no {package}_*.deb")
     kernel = unpack_kernel(deb, base)
-    write_atomic(base / "metapackage", stamp.encode())
-    return FetchResult(kernel, package, parse_field(apt.show(package), "Version"), True)
+    version = parse_field(apt.show(package), "Version")
+    write_atomic(base / "metapackage", f"{stamp} {version}\n".encode())
+    return FetchResult(kernel, package, version, True)
 
 
 def read_cached(cache: Path, suite: str) -> FetchResult | None:
@@ -263,7 +264,9 @@ def read_cached(cache: Path, suite: str) -> FetchResult | None:
         stamp = (base / "metapackage").read_text().split()
     except (SourceError, OSError):
         return None
-    return FetchResult(kernel, stamp[2] if len(stamp) > 2 else "?", stamp[1], False)
+    if len(stamp) != 4:
+        return None
+    return FetchResult(kernel, stamp[2], stamp[3], False)
 
 
 def unpack_kernel(deb: Path, base: Path) -> Kernel:
