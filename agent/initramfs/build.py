@@ -73,6 +73,16 @@ class BuildReport:
     runtime_bytes: int                 # uncompressed bytes of the Python runtime + agent
 
 
+@dataclass(frozen=True)
+class Assembly:
+    """Everything to write, in archive order, and what the verification must find."""
+
+    members: tuple[cpio.Entry, ...]
+    modules_load: tuple[str, ...]
+    elf_files: tuple[str, ...]
+    runtime_bytes: int
+
+
 def validate_spec(spec: InitramfsSpec) -> list[str]:
     """Every problem with the inputs, before anything is read at length."""
     problems: list[str] = []
@@ -132,9 +142,8 @@ def canonicalize(entries: Iterable[cpio.Entry]) -> list[cpio.Entry]:
     return out
 
 
-def assemble(spec: InitramfsSpec) -> tuple[list[cpio.Entry], list[str], tuple[str, ...], int]:
-    """Load and check every input, then return the sorted members, the module load list,
-    the ELF files and the runtime's size. Raises BuildError naming every problem."""
+def assemble(spec: InitramfsSpec) -> Assembly:
+    """Load and check every input (BuildError naming every problem), then gather the members."""
     problems = validate_spec(spec)
     try:
         index = load_module_index(spec.modules_dir, spec.kernel_release)
@@ -149,20 +158,22 @@ def assemble(spec: InitramfsSpec) -> tuple[list[cpio.Entry], list[str], tuple[st
     if spec.root_image is not None:
         entries.append(cpio.regular(ROOT_IMAGE[1:], spec.root_image, 0o644, spec.mtime))
     size = sum(len(e.content()) for e in runtime.entries if stat.S_ISREG(e.mode))
-    return cpio.with_parents(canonicalize(entries), spec.mtime), load, runtime.elf_files, size
+    return Assembly(tuple(cpio.with_parents(canonicalize(entries), spec.mtime)), tuple(load),
+                    runtime.elf_files, size)
 
 
 def build_initramfs(spec: InitramfsSpec, out: Path) -> BuildReport:
     """Build the initramfs at `out` (atomically), re-read it and verify it."""
-    members, load, elves, runtime_bytes = assemble(spec)
+    parts = assemble(spec)
     buf = io.BytesIO()
-    cpio.write(members, buf)
+    cpio.write(parts.members, buf)
     raw = buf.getvalue()
     data = cpio.compress(raw, spec.compression, spec.level)
-    verify_initramfs(data, spec.compression, [*elves, *load], where=out)
+    verify_initramfs(data, spec.compression, [*parts.elf_files, *parts.modules_load], where=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)
-    return BuildReport(out, len(data), len(raw), len(members), tuple(load), elves, runtime_bytes)
+    return BuildReport(out, len(data), len(raw), len(parts.members), parts.modules_load,
+                       parts.elf_files, parts.runtime_bytes)
 
 
 def read_members(data: bytes, compression: str) -> dict[str, tuple[int, bytes]]:
