@@ -46,12 +46,12 @@ def squash_argv(job: SquashJob, options: SquashOptions, processors: int) -> list
 
 
 def plan_parallelism(count: int, jobs: int, cores: int | None = None) -> tuple[int, int]:
-    """(images at once, mksquashfs threads each). Twice as many threads as cores: each
-    mksquashfs has single-threaded phases (scan, tables) that the others' threads fill;
-    measured in bench/bench_bake.py against one image at a time and one thread each."""
+    """(images at once, mksquashfs threads each): one image per core, the cores shared out.
+    On 2 cores this matched one image at a time with all threads and used the least CPU
+    (bench/bench_bake.py); it also overlaps each image's single-threaded phases."""
     cores = cores or os.cpu_count() or 1
     workers = max(1, min(count, jobs or cores))
-    return workers, max(1, 2 * cores // workers)
+    return workers, max(1, cores // workers)
 
 
 def squash_one(job: SquashJob, options: SquashOptions, processors: int) -> Path:

@@ -146,8 +146,8 @@ def test_named_temp_file_when_o_tmpfile_is_unsupported(tmp_path: Path,
 
 
 @pytest.mark.parametrize("count,jobs,cores,plan", [
-    (10, 0, 2, (2, 2)), (1, 0, 2, (1, 4)), (10, 1, 2, (1, 4)), (3, 0, 64, (3, 42)),
-    (100, 0, 64, (64, 2)), (5, 0, 1, (1, 2))])
+    (10, 0, 2, (2, 1)), (1, 0, 2, (1, 2)), (10, 1, 2, (1, 2)), (3, 0, 64, (3, 21)),
+    (100, 0, 64, (64, 1)), (5, 0, 1, (1, 1))])
 def test_parallelism_spreads_threads_over_images(count: int, jobs: int, cores: int,
                                                  plan: tuple[int, int]) -> None:
     assert plan_parallelism(count, jobs, cores) == plan
