@@ -1,0 +1,1 @@
+"""Initramfs builder: ELF closure, Python runtime, kernel modules, assembly and checks."""

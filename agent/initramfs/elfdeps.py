@@ -11,7 +11,8 @@ from __future__ import annotations
 import glob
 import io
 import os
-from collections.abc import Iterable, Sequence
+import stat
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -111,13 +112,17 @@ def host_search_dirs() -> tuple[str, ...]:
     return tuple(seen)
 
 
-def walk_links(path: str, root: str = "/") -> tuple[str, list[tuple[str, str]]]:
-    """Resolve `path` under `root` component by component like realpath, returning the real
-    path and every symlink met (absolute link path, its target text)."""
+MISSING = object()   # what a probe returns for a path that does not exist
+
+
+def walk(path: str, probe: Callable[[str], object]) -> tuple[str, list[tuple[str, str]]] | None:
+    """Resolve `path` component by component like realpath. `probe(p)` returns a symlink's
+    target text, MISSING, or anything else for an existing non-link. Returns the real path and
+    every symlink met (absolute link path, target), or None when a component is missing or
+    the links loop."""
     links: list[tuple[str, str]] = []
     parts = [p for p in path.split("/") if p]
     done = "/"
-    hops = 0
     while parts:
         part = parts.pop(0)
         if part == ".":
@@ -126,19 +131,29 @@ def walk_links(path: str, root: str = "/") -> tuple[str, list[tuple[str, str]]]:
             done = os.path.dirname(done.rstrip("/")) or "/"
             continue
         cand = os.path.join(done, part)
-        host = os.path.join(root, cand.lstrip("/"))
-        if os.path.islink(host):
-            hops += 1
-            if hops > 40:
-                raise BuildError(f"{path}: too many levels of symbolic links")
-            target = os.readlink(host)
-            links.append((cand, target))
-            parts = [p for p in target.split("/") if p] + parts
-            if target.startswith("/"):
+        found = probe(cand)
+        if found is MISSING or len(links) > 40:
+            return None
+        if isinstance(found, str):
+            links.append((cand, found))
+            parts = [p for p in found.split("/") if p] + parts
+            if found.startswith("/"):
                 done = "/"
             continue
         done = cand
     return done, links
+
+
+def walk_links(path: str, root: str = "/") -> tuple[str, list[tuple[str, str]]]:
+    """`walk` on the host below `root`; a missing last part is returned as is."""
+    def probe(cand: str) -> object:
+        host = os.path.join(root, cand.lstrip("/"))
+        return os.readlink(host) if os.path.islink(host) else True
+
+    walked = walk(path, probe)
+    if walked is None:
+        raise BuildError(f"{path}: too many levels of symbolic links")
+    return walked
 
 
 def find_library(name: str, dirs: Iterable[str], want: ElfInfo) -> str | None:
@@ -216,32 +231,15 @@ class Lookup:
         self.members = members
 
     def resolve(self, path: str) -> str | None:
-        parts = [p for p in path.split("/") if p]
-        done = "/"
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part in (".", ""):
-                continue
-            if part == "..":
-                done = os.path.dirname(done.rstrip("/")) or "/"
-                continue
-            cand = os.path.join(done, part)
+        def probe(cand: str) -> object:
             member = self.members.get(cand)
             if member is None:
-                return None
+                return MISSING
             mode, data = member
-            if (mode & 0o170000) == 0o120000:
-                hops += 1
-                if hops > 40:
-                    return None
-                target = data.decode()
-                parts = [p for p in target.split("/") if p] + parts
-                if target.startswith("/"):
-                    done = "/"
-                continue
-            done = cand
-        return done
+            return data.decode() if stat.S_ISLNK(mode) else True
+
+        walked = walk(path, probe)
+        return None if walked is None else walked[0]
 
     def has(self, path: str) -> bool:
         return self.resolve(path) is not None
@@ -251,7 +249,7 @@ class Lookup:
         if real is None:
             return None
         mode, data = self.members[real]
-        if (mode & 0o170000) != 0o100000 or data[:4] != b"\x7fELF":
+        if not stat.S_ISREG(mode) or data[:4] != b"\x7fELF":
             return None
         try:
             return parse_elf(io.BytesIO(data), os.path.dirname(path))
