@@ -6,6 +6,7 @@ go on; when the overlay itself fails the bare root boots. Only `strict` raises.
 The activation budget (whole process, N=10: 25 ms) is mostly interpreter start and
 imports, so this path imports no dataclasses, enum, json, re or threading (about 30 ms
 together on this project's machines): plain classes, agent.lightjson and _thread.
+Layers are verified and mounted several at a time, and recorded in list order.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from agent.boot import loop, overlay
 from agent.errors import BootError, ListFileError
 from agent.listfile import ListEntry
 
-CHUNK = 1 << 20
+CHUNK = 1 << 18    # per read; one buffer per thread
+MAX_THREADS = 8
 LIST_LAYER = "l"   # staging name of the tmpfs layer that carries /etc/extensions.yaml
 _NO = ("0", "n", "no", "false", "off")
 _SETTINGS = ("disable", "skip", "strict", "list_path", "images_dir", "status_path",
@@ -98,84 +100,74 @@ class LayerFailed(Exception):
 
 
 class _Candidate:
-    """A layer past the skip and size checks, its image open; `done` is held while hashing."""
+    """A layer past the skip and size checks, its image open until verified and mounted."""
 
-    __slots__ = ("digest", "done", "entry", "error", "fd", "index", "path")
+    __slots__ = ("entry", "error", "fd", "index", "path", "staging")
 
     def __init__(self, index: int, entry: ListEntry, path: str) -> None:
         self.index, self.entry, self.path = index, entry, path
         self.fd = -1
-        self.digest = ""
         self.error = ""
-        self.done = _thread.allocate_lock()
-        self.done.acquire()
+        self.staging = ""     # set once mounted
 
 
-class _Hasher:
-    """sha256 of the candidates in list order, on worker threads and on the main thread
-    while it waits (hashlib drops the GIL on large buffers, so cores add up)."""
-
-    def __init__(self, cands: list[_Candidate]) -> None:
-        self.queue = [c for c in cands if c.entry.sha256]
-        for c in cands:
-            if not c.entry.sha256:
-                c.done.release()
-        self.next = 0
-        self.lock = _thread.allocate_lock()
-
-    def take(self) -> _Candidate | None:
-        with self.lock:
-            if self.next >= len(self.queue):
-                return None
-            self.next += 1
-            return self.queue[self.next - 1]
-
-    def work(self) -> None:
-        while (cand := self.take()) is not None:
-            hash_candidate(cand)
-
-    def start(self) -> None:
-        cores = len(os.sched_getaffinity(0))
-        for _ in range(min(cores, 4, len(self.queue)) - 1):
-            _thread.start_new_thread(self.work, ())
-
-    def wait(self, cand: _Candidate) -> None:
-        """Until `cand` is hashed, hash later ones here instead of idling."""
-        while cand.done.locked():
-            other = self.take()
-            if other is None:
-                with cand.done:
-                    pass
-                return
-            hash_candidate(other)
-
-    def stop(self) -> None:
-        """No new work; wait for what is being hashed now (its fd must stay open)."""
-        with self.lock:
-            untaken = self.queue[self.next:]
-            self.next = len(self.queue)
-        for cand in untaken:
-            cand.done.release()
-        for cand in self.queue:
-            with cand.done:
-                pass
-
-
-def hash_candidate(cand: _Candidate) -> None:
-    """sha256 by positioned 1 MiB reads; the result or the error lands on `cand`."""
+def hash_fd(fd: int, path: str) -> str:
+    """sha256 by positioned reads (hashlib drops the GIL on large buffers)."""
+    digest = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    offset = 0
     try:
-        digest = hashlib.sha256()
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        offset = 0
-        while (n := os.preadv(cand.fd, [buf], offset)) > 0:
+        while (n := os.preadv(fd, [buf], offset)) > 0:
             digest.update(view[:n])
             offset += n
-        cand.digest = digest.hexdigest()
     except OSError as exc:
-        cand.error = f"cannot read {cand.path}: {exc.strerror}"
+        raise LayerFailed(f"cannot read {path}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def verify_and_mount(cand: _Candidate, staging: str) -> None:
+    """Check the sha256, then attach and mount; the outcome lands on `cand` (worker threads)."""
+    try:
+        if cand.entry.sha256:
+            check_digest(cand, hash_fd(cand.fd, cand.path))
+        mount_layer(cand, staging)
+        cand.staging = staging
+    except LayerFailed as exc:
+        cand.error = str(exc)
+    except Exception as exc:  # a worker thread must not lose a layer silently
+        cand.error = f"{type(exc).__name__}: {exc}"
     finally:
-        cand.done.release()
+        close_image(cand)
+
+
+def verify_and_mount_all(cands: list[_Candidate], staging_dir: str) -> None:
+    """Several layers at a time: hashing is CPU-bound, a squashfs mount mostly waits for the
+    loop device's kernel worker, so a few threads (the main one included) overlap both."""
+    lock = _thread.allocate_lock()
+    queue = iter(cands)
+    threads = max(1, min(len(cands), 4 * len(os.sched_getaffinity(0)), MAX_THREADS))
+
+    def work(finished: _thread.LockType | None = None) -> None:
+        try:
+            while True:
+                with lock:
+                    cand = next(queue, None)
+                if cand is None:
+                    return
+                verify_and_mount(cand, os.path.join(staging_dir, str(cand.index)))
+        finally:
+            if finished is not None:
+                finished.release()
+
+    finished = [_thread.allocate_lock() for _ in range(threads - 1)]
+    for done in finished:
+        done.acquire()
+        _thread.start_new_thread(work, (done,))
+    work()
+    for done in finished:
+        with done:
+            pass
 
 
 class _Run:
@@ -276,13 +268,10 @@ def open_candidate(cand: _Candidate) -> None:
         raise LayerFailed(f"{cand.path}: size {size} bytes, the list says {cand.entry.size}")
 
 
-def check_digest(cand: _Candidate) -> None:
-    if cand.error:
-        raise LayerFailed(cand.error)
+def check_digest(cand: _Candidate, digest: str) -> None:
     want = cand.entry.sha256.lower()
-    if want and cand.digest != want:
-        raise LayerFailed(f"{cand.path}: sha256 {cand.digest[:16]}..., "
-                          f"the list says {want[:16]}...")
+    if digest != want:
+        raise LayerFailed(f"{cand.path}: sha256 {digest[:16]}..., the list says {want[:16]}...")
 
 
 def mount_layer(cand: _Candidate, staging: str) -> None:
@@ -375,28 +364,20 @@ def close_image(cand: _Candidate) -> None:
 
 
 def activate_layers(run: _Run, entries: tuple[ListEntry, ...]) -> None:
-    """Per layer in list order: sha256 (hashed ahead), loop + squashfs mount."""
+    """Verify and mount every candidate, then record them in list order."""
     cands = collect_candidates(run, entries)
-    hasher = _Hasher(cands)
-    hasher.start()
     try:
-        for cand in cands:
-            hasher.wait(cand)
-            staging = os.path.join(run.settings.staging_dir, str(cand.index))
-            try:
-                check_digest(cand)
-                mount_layer(cand, staging)
-            except LayerFailed as exc:
-                run.fail(cand.index, cand.entry, str(exc))
-                continue
-            finally:
-                close_image(cand)
-            run.mounted.append((cand.index, staging))
-            run.record(cand.index, cand.entry, statusfile.ACTIVE)
+        verify_and_mount_all(cands, run.settings.staging_dir)
     finally:
-        hasher.stop()
         for cand in cands:
             close_image(cand)
+    # every mount first, so that a strict failure below undoes them all
+    run.mounted.extend((cand.index, cand.staging) for cand in cands if cand.staging)
+    for cand in cands:
+        if cand.staging:
+            run.record(cand.index, cand.entry, statusfile.ACTIVE)
+        else:
+            run.fail(cand.index, cand.entry, cand.error)
 
 
 def stack_layers(run: _Run, base_root: str, target: str) -> tuple[str, str]:
