@@ -23,7 +23,7 @@ from agent.tools import run as run_tool
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = 10
 EXT_BYTES = 10 << 20
-RUNS = 3
+RUNS = 5
 EPOCH = "1700000000"
 
 
