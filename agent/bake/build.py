@@ -86,6 +86,16 @@ def gather_sources(request: BuildRequest) -> tuple[list[str], list[str]]:
     return sources, problems
 
 
+def check_output(path: Path) -> list[str]:
+    """OUT's folder must exist (checked first: a build may take minutes)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        return [f"{path}: is a folder, not a file name for the output"]
+    if not folder.is_dir():
+        return [f"{path}: folder {folder} does not exist"]
+    return []
+
+
 def read_input(path: Path) -> tuple[bytes, dict[str, cpio.Entry], list[str]]:
     """The input initramfs and its unpacked member table, or the problem with it."""
     try:
@@ -236,7 +246,7 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
     """Validate everything first; write OUT only when every extension is good."""
     sources, problems = gather_sources(request)
     blob, members, found = read_input(request.initramfs)
-    problems += found
+    problems += found + check_output(request.output)
     with tempfile.TemporaryDirectory(prefix="overlay-agent-build.") as tmp:
         work = Path(tmp)
         unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once

@@ -11,7 +11,14 @@ import pytest
 
 from agent import cpio
 from agent.bake.atomic import write_atomically
-from agent.bake.build import BuildRequest, check_size, gather_sources, image_name, read_input
+from agent.bake.build import (
+    BuildRequest,
+    check_output,
+    check_size,
+    gather_sources,
+    image_name,
+    read_input,
+)
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.squash import plan_parallelism
 from agent.commands.build import parse_size
@@ -151,3 +158,10 @@ def test_named_temp_file_when_o_tmpfile_is_unsupported(tmp_path: Path,
 def test_parallelism_spreads_threads_over_images(count: int, jobs: int, cores: int,
                                                  plan: tuple[int, int]) -> None:
     assert plan_parallelism(count, jobs, cores) == plan
+
+
+def test_output_folder_is_checked_first(tmp_path: Path) -> None:
+    assert check_output(tmp_path / "out.img") == []
+    assert check_output(tmp_path / "no" / "out.img") == [
+        f"{tmp_path}/no/out.img: folder {tmp_path}/no does not exist"]
+    assert check_output(tmp_path) == [f"{tmp_path}: is a folder, not a file name for the output"]
