@@ -28,18 +28,20 @@ def register(subparsers: Any) -> None:
                     "machine.install.extensions and/or --extension), squash each one, and "
                     "append them with the list file /extensions.yaml as one compressed cpio "
                     "to the input initramfs. Nothing is written if any extension fails.")
-    p.add_argument("--config", type=Path, help="Talos machine config (machine.install.extensions)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="Talos machine config (machine.install.extensions)")
     p.add_argument("--extension", action="append", default=[], metavar="SOURCE",
                    help="an extension source (REGISTRY/REPO:TAG, docker://..., oci:PATH[:TAG], "
                         "oci-archive:PATH, docker-archive:PATH, dir:PATH); repeatable, "
                         "placed after the config's")
     p.add_argument("--initramfs", type=Path, required=True, metavar="IN",
                    help="initramfs to extend (the agent's own or a distribution's)")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="the initramfs to write (atomically; may be IN itself)")
     p.add_argument("--os-version", help="target OS version for compatibility checks")
-    p.add_argument("--base-root", type=Path, help="the base root (folder or squashfs): "
+    p.add_argument("--base-root", type=Path, metavar="PATH", help="the base root (folder or squashfs): "
                    "validation and the modules layer")
-    p.add_argument("--compression", choices=["zstd", "xz"], default="zstd")
+    p.add_argument("--compression", choices=["zstd", "xz"], default="zstd",
+                   help="of the images and the appended archive (default zstd)")
     p.add_argument("--max-size", type=parse_size, metavar="SIZE",
                    help="refuse an OUT larger than this (e.g. 64M)")
     p.add_argument("--kernel-release", metavar="KVER",
@@ -47,7 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="registry reached over plain HTTP; repeatable")
     p.add_argument("--policy", type=Path, metavar="FILE", help="validation policy file")
-    p.add_argument("--jobs", type=int, default=0, help="images squashed at once (default: cores)")
+    p.add_argument("--jobs", type=int, default=0, metavar="N", help="images squashed at once (default: cores)")
     p.set_defaults(func=run_build)
 
 
