@@ -5,6 +5,7 @@ every input (agent sources, kernel release, busybox, root script). Free of pytes
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from qemu import BootResult, boot
 
+from agent import cpio
 from agent.initramfs.build import InitramfsSpec, build_initramfs
 from agent.kernels import Kernel
 from agent.tools import run
@@ -100,10 +102,22 @@ class Machine:
     logs: Path
 
     def boot(self, name: str, append: str, *, with_root: bool, disk: Path | None = None,
-             token: str = "") -> BootResult:
-        initrd = self.initrd_with_root if with_root else self.initrd_plain
+             token: str = "", initrd: Path | None = None) -> BootResult:
+        if initrd is None:
+            initrd = self.initrd_with_root if with_root else self.initrd_plain
         if token:
             kernel_part, sep, init_part = append.partition(" -- ")
             append = f"{kernel_part} overlay_agent.test_token={token}{sep}{init_part}"
         return boot(self.kernel.vmlinuz, initrd, append, disk=disk, timeout=BOOT_TIMEOUT,
                     serial_log=self.logs / f"{self.kernel.suite}-{name}.log")
+
+    def initrd_overriding(self, name: str, files: dict[str, bytes], *, with_root: bool) -> Path:
+        """An initramfs plus an appended archive replacing `files` (the kernel unpacks
+        concatenated archives in order, later members win): for bad-input boots."""
+        buf = io.BytesIO()
+        cpio.write(cpio.with_parents([cpio.regular(path.lstrip("/"), data)
+                                      for path, data in files.items()]), buf)
+        base = self.initrd_with_root if with_root else self.initrd_plain
+        out = self.logs / f"initrd-{name}"
+        out.write_bytes(base.read_bytes() + cpio.compress(buf.getvalue(), "zstd"))
+        return out

@@ -23,13 +23,17 @@ def assert_booted(result: BootResult, token: str, root_line: str) -> re.Match[st
     return match
 
 
-def assert_fatal(result: BootResult, reason: str) -> None:
-    """One clear line, then panic=1: reboot, which -no-reboot turns into QEMU exiting."""
+def assert_fatal(result: BootResult, reason: str | re.Pattern[str], panic: int = 1) -> None:
+    """One clear line, then panic=: reboot, which -no-reboot turns into QEMU exiting."""
     assert not result.timed_out, result.output[-2000:]
     assert result.exit_code == 0
     lines = [ln for ln in result.output.splitlines() if "overlay-agent: fatal:" in ln]
-    assert lines[0] == f"overlay-agent: fatal: {reason}", result.output[-2000:]
-    assert "overlay-agent: rebooting in 1 s" in result.output
+    assert lines, result.output[-2000:]
+    if isinstance(reason, str):
+        assert lines[0] == f"overlay-agent: fatal: {reason}", result.output[-2000:]
+    else:
+        assert reason.fullmatch(lines[0].removeprefix("overlay-agent: fatal: ")), lines[0]
+    assert ("overlay-agent: rebooting in 1 s" in result.output) == (panic > 0)
     assert "reboot: Restarting system" in result.output
     assert "Traceback" not in result.output
     assert "Attempted to kill init" not in result.output
@@ -63,3 +67,19 @@ def test_d_root_never_appears(machine: Machine) -> None:
 def test_e_init_missing(machine: Machine) -> None:
     result = machine.boot("e", "init=/nonexistent panic=1", with_root=True)
     assert_fatal(result, "init=/nonexistent: not found in the new root")
+
+
+def test_f_missing_module_file(machine: Machine) -> None:
+    initrd = machine.initrd_overriding(
+        "f", {"/etc/overlay-agent/modules.load": b"/lib/modules/none/gone.ko\n"}, with_root=True)
+    result = machine.boot("f", "panic=-1", with_root=True, initrd=initrd)
+    assert_fatal(result, "kernel module /lib/modules/none/gone.ko: No such file or directory",
+                 panic=-1)
+
+
+def test_g_garbage_root_image(machine: Machine) -> None:
+    initrd = machine.initrd_overriding("g", {"/rootfs.sqsh": b"hsqs" + bytes(65532)},
+                                       with_root=True)
+    result = machine.boot("g", "panic=-1", with_root=True, initrd=initrd)
+    assert_fatal(result, re.compile(r"mount root /rootfs.sqsh \(/dev/loop\d+\) as squashfs on "
+                                    r"/base: Invalid argument"), panic=-1)
