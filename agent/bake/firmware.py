@@ -58,7 +58,9 @@ def collect_firmware(roots: Sequence[Path]) -> dict[str, Path]:
                 continue
             for dirpath, dirnames, filenames in os.walk(top):
                 dirnames.sort()
-                for name in sorted(filenames):
+                # a symlink to a folder is listed with the folders, and never walked
+                links = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
+                for name in sorted(filenames + links):
                     path = Path(dirpath) / name
                     found[str(path.relative_to(top))] = path
     return found

@@ -52,9 +52,11 @@ def test_firmware_from_both_layouts_later_extension_wins(tmp_path: Path) -> None
     (two / "usr/lib/firmware/vendor").mkdir(parents=True)
     (two / "usr/lib/firmware/vendor/a.bin").write_bytes(b"new")
     (two / "usr/lib/firmware/vendor/c.bin").symlink_to("a.bin")
+    (two / "usr/lib/firmware/alias").symlink_to("vendor")
     entries = firmware_entries([one, two], "usr/lib/firmware")
     got = {e.name: (stat.S_IFMT(e.mode), e.content()) for e in entries}
-    assert got == {"usr/lib/firmware/vendor/a.bin": (stat.S_IFREG, b"new"),
+    assert got == {"usr/lib/firmware/alias": (stat.S_IFLNK, b"vendor"),
+                   "usr/lib/firmware/vendor/a.bin": (stat.S_IFREG, b"new"),
                    "usr/lib/firmware/vendor/b.bin": (stat.S_IFREG, b"b"),
                    "usr/lib/firmware/vendor/c.bin": (stat.S_IFLNK, b"a.bin")}
 
