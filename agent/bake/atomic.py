@@ -17,7 +17,7 @@ from typing import BinaryIO
 from agent.errors import BuildError
 
 
-def open_unnamed(folder: Path) -> tuple[int, Path | None]:
+def open_unnamed(folder: Path, name: str) -> tuple[int, Path | None]:
     """An fd for a new file in `folder`; the Path is set when it had to be a named file."""
     try:
         return os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o644), None
@@ -25,7 +25,7 @@ def open_unnamed(folder: Path) -> tuple[int, Path | None]:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise
     for n in range(1000):
-        path = folder / f".tmp-{os.getpid()}-{n}"
+        path = folder / f".{name}.tmp-{os.getpid()}-{n}"
         try:
             return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), path
         except FileExistsError:
@@ -37,7 +37,7 @@ def write_atomically(dest: Path, write: Callable[[BinaryIO], None], mode: int = 
     """Call `write` with a file that becomes `dest` only once complete and on disk."""
     folder = dest.parent if str(dest.parent) else Path(".")
     try:
-        fd, named = open_unnamed(folder)
+        fd, named = open_unnamed(folder, dest.name)
     except OSError as exc:
         raise BuildError(f"{dest}: cannot create a file in {folder}: {exc.strerror}") from None
     try:

@@ -147,7 +147,7 @@ def test_named_temp_file_when_o_tmpfile_is_unsupported(tmp_path: Path,
 
     def write(f: BinaryIO) -> None:
         f.write(b"data")
-        assert [p.name for p in tmp_path.iterdir()] == [f".tmp-{os.getpid()}-0"]
+        assert [p.name for p in tmp_path.iterdir()] == [f".out.tmp-{os.getpid()}-0"]
 
     write_atomically(dest, write)
     assert dest.read_bytes() == b"data"
