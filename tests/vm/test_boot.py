@@ -9,7 +9,8 @@ from qemu import BootResult
 
 HANDED_OVER = re.compile(r"ROOT-INIT pid=1 root=ro api= /dev /proc /sys /run args=(.*) "
                          r"token=(\w+)")
-SUMMARY = re.compile(r"overlay-agent: exec /sbin/init \(uptime \d+\.\d\d s; .*modules \d+ ms, "
+SUMMARY = re.compile(r"overlay-agent: exec /sbin/init \(uptime \d+\.\d\d s; /init started "
+                     r"\d+\.\d\d s, agent loaded \d+\.\d\d s; early \d+ ms, .*modules \d+ ms, "
                      r"root \d+ ms")
 
 
