@@ -27,7 +27,7 @@ DEPMOD_INPUTS = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
 @dataclass(frozen=True)
 class ModulesPlan:
     release: str
-    base_modules: Path      # the base root's folder for `release`
+    base_modules: Path | None   # the base root's folder for `release`; None: it has none
     layer_dir: str          # where the layer puts its files: lib/modules or usr/lib/modules
 
 
@@ -82,19 +82,25 @@ def plan_modules(roots: Mapping[str, Path], base_root: Path | None, release: str
     folder, lib_is_symlink = open_base_modules(base_root, work)
     base = find_release_dirs(folder)
     if release is None:
-        candidates = sorted(set(base) & {k for kvers in shipping.values() for k in kvers})
+        # A base without any modules (they live in its initramfs) takes the extensions'.
+        pool = set(base) or {k for kvers in shipping.values() for k in kvers}
+        candidates = sorted(pool & {k for kvers in shipping.values() for k in kvers})
         if len(candidates) != 1:
             return None, [f"{base_root}: cannot tell the kernel release (base has "
                           f"{', '.join(sorted(base)) or 'none'}): give --kernel-release"]
         release = candidates[0]
-    if release not in base:
+    if base and release not in base:
         return None, [f"{base_root}: no modules folder for kernel release {release}"]
     problems = [f"{label}: ships modules for kernel release {kver}, the base runs {release}"
                 for label, kvers in shipping.items() for kver in kvers if kver != release]
     # A real `lib` folder in the layer would hide a merged-/usr base's `lib -> usr/lib`.
-    layer_dir = "usr/lib/modules" if lib_is_symlink else \
-        str(base[release].parent.relative_to(folder))
-    plan = ModulesPlan(release, base[release], layer_dir)
+    if lib_is_symlink:
+        layer_dir = "usr/lib/modules"
+    elif release in base:
+        layer_dir = str(base[release].parent.relative_to(folder))
+    else:
+        layer_dir = "lib/modules"
+    plan = ModulesPlan(release, base.get(release), layer_dir)
     return (None if problems else plan), problems
 
 
@@ -119,9 +125,10 @@ def build_modules_layer(plan: ModulesPlan, roots: Sequence[Path], work: Path) ->
     """Run depmod over the merged trees; return a rootfs holding only the new modules.* files."""
     tree = work / "depmod-tree"
     merged = tree / "usr/lib/modules" / plan.release
-    sources = [plan.base_modules] + [root / rel / plan.release for root in roots
-                                     for rel in MODULE_DIRS
-                                     if plan.release in find_release_dirs_at(root, rel)]
+    sources = [root / rel / plan.release for root in roots for rel in MODULE_DIRS
+               if plan.release in find_release_dirs_at(root, rel)]
+    if plan.base_modules is not None:
+        sources.insert(0, plan.base_modules)
     link_tree(sources, merged, top=True)
     (tree / "lib").symlink_to("usr/lib")   # older kmod looks under lib/modules only
     conf = work / "depmod.d"

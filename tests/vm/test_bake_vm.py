@@ -87,3 +87,40 @@ def test_kernel_unpacks_the_appended_archive(tmp_path: Path, suite: str,
     assert re.search(r'BAKE-LIST \{"layers":\[.*"version":1\}', result.output)
     assert "BAKE-FW fw-ok" in result.output
     assert "BAKE-LIB usr/lib" in result.output   # the appended archive kept /lib a symlink
+
+
+def test_booted_system_loads_a_module_only_an_extension_ships(tmp_path: Path) -> None:
+    """The seed's flow end to end: the agent's own initramfs and a root without kernel
+    modules, an extension shipping zram (+ its dependency); after the boot, `modprobe zram`
+    in the booted root loads them from the overlay, indexed by the modules.dep layer."""
+    from agent.bake.build import BuildRequest, build_initramfs
+    from agent.demo import DONE_MARKER, build_demo_root
+    from agent.initramfs.build import InitramfsSpec
+    from agent.initramfs.build import build_initramfs as build_agent_initramfs
+
+    try:
+        kernel = load_kernel(ROOT / ".cache" / "kernels", "bookworm")
+    except SourceError as exc:
+        pytest.fail(str(exc))
+    stock, release = kernel.modules_dir, kernel.release
+    dep_line = next(line for line in (stock / "modules.dep").read_text().splitlines()
+                    if line.startswith("kernel/drivers/block/zram/zram.ko:"))
+    files = {f"usr/lib/modules/{release}/extras/{Path(rel).name}": (stock / rel).read_bytes()
+             for rel in [dep_line.split(":")[0], *dep_line.split(":")[1].split()]}
+    ext = make_extension(tmp_path, "zram", files)
+    root = build_demo_root(tmp_path / "root.sqsh", extra_init=(
+        "modprobe zram num_devices=1 && echo ZRAM-LOADED $(ls /sys/block | grep zram)\n"
+        f"echo ZRAM-DEP $(grep -c extras/ /lib/modules/{release}/modules.dep)\n"))
+    plain = tmp_path / "plain.img"
+    build_agent_initramfs(InitramfsSpec(release, stock, root_image=root, disk_modules=False),
+                          plain)
+    baked = tmp_path / "baked.img"
+    result = build_initramfs(BuildRequest(plain, baked, extensions=(f"dir:{ext}",),
+                                          base_root=root, os_version="v1.7.0"))
+    assert [x.image for x in result.layers] == ["000-zram.sqsh", "001-modules.dep.sqsh"]
+    booted = boot(kernel.vmlinuz, baked, "panic=-1 loglevel=3", timeout=180.0,
+                  serial_log=tmp_path / "serial.log")
+    assert not booted.timed_out, booted.output[-3000:]
+    assert DONE_MARKER in booted.output, booted.output[-3000:]
+    assert "ZRAM-LOADED zram0" in booted.output, booted.output[-3000:]
+    assert f"ZRAM-DEP {len(files)}" in booted.output, booted.output[-3000:]
