@@ -44,7 +44,7 @@ echo "busybox-init: exec /sbin/init (uptime $up s)"
 exec $bb switch_root {BASE_ROOT} /sbin/init
 """
 OURS = re.compile(r"overlay-agent: exec /sbin/init \(uptime (\d+\.\d+) s; "
-                  r"/init started (\d+\.\d+) s, agent loaded (\d+\.\d+) s; ([^)]*)\)")
+                  r"agent loaded (\d+\.\d+) s; ([^)]*)\)")
 THEIRS = re.compile(r"busybox-init: exec /sbin/init \(uptime (\d+\.\d+) s\)")
 RUN_INIT = re.compile(r"\[\s*(\d+\.\d+)\] Run /init as init process")
 
@@ -66,9 +66,9 @@ def measure(kernel: Path, initrd: Path, pattern: re.Pattern[str],
     if not found or not started or "ROOT-INIT pid=1" not in result.output:
         raise RuntimeError(f"boot failed, see {log}:\n{result.output[-1500:]}")
     steps = ""
-    if pattern is OURS:  # interpreter start + imports: from exec of /init to the first step
-        load_ms = (float(found.group(3)) - float(found.group(2))) * 1000
-        steps = f"python start + imports {load_ms:.0f} ms, {found.group(4)}"
+    if pattern is OURS:  # interpreter start + imports: from the kernel's Run /init to step 1
+        load_ms = (float(found.group(2)) - float(started.group(1))) * 1000
+        steps = f"python start + imports {load_ms:.0f} ms, {found.group(3)}"
     return float(found.group(1)), float(started.group(1)), steps
 
 

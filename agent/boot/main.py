@@ -7,7 +7,6 @@ failure ends in console.fatal(), which follows panic=.
 
 from __future__ import annotations
 
-import os
 import time
 
 from agent.boot.cmdline import BootParams, parse_cmdline
@@ -50,8 +49,7 @@ class StepTimer:
         uptime = read_uptime()
         loaded = uptime - (time.monotonic() - self.started)
         steps = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in self.steps)
-        return (f"exec {init} (uptime {uptime:.2f} s; /init started {read_start_time():.2f} s, "
-                f"agent loaded {loaded:.2f} s; {steps})")
+        return f"exec {init} (uptime {uptime:.2f} s; agent loaded {loaded:.2f} s; {steps})"
 
 
 def describe(exc: BaseException) -> str:
@@ -69,16 +67,6 @@ def read_uptime() -> float:
     try:
         with open(UPTIME, "rb") as fh:
             return float(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return -1.0
-
-
-def read_start_time(stat_path: str = "/proc/self/stat") -> float:
-    """When this process was exec'd, in seconds since boot: field 22 of proc_pid_stat(5)."""
-    try:
-        with open(stat_path, "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return -1.0
 
