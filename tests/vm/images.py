@@ -23,6 +23,7 @@ CACHE = ROOT / ".cache" / "vm-fixtures"
 BUSYBOX = Path("/bin/busybox")
 EXT4_UUID = "5e0c1f2a-9b7d-4e36-a1c8-0d2f4b6e8a13"
 TOKEN_KEY = "overlay_agent.test_token"
+KEEP_PER_SUITE = 4     # images of the current and the previous set of inputs
 BOOT_TIMEOUT = 120.0   # TCG on a shared 2-core machine; a boot takes 6-20 s
 
 # /sbin/init of the test root: report what PID 1 handed over, then power off.
@@ -87,7 +88,15 @@ def initramfs(kernel: Kernel, root_image: Path | None, cache: Path = CACHE) -> P
         spec = InitramfsSpec(kernel_release=kernel.release, modules_dir=kernel.modules_dir,
                              root_image=root_image)
         build_initramfs(spec, out)
+        prune(cache, f"initrd-{kernel.suite}-*", keep=KEEP_PER_SUITE)
     return out
+
+
+def prune(cache: Path, pattern: str, keep: int) -> None:
+    """Drop all but the `keep` newest matches (every source change makes new keys)."""
+    found = sorted(cache.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in found[keep:]:
+        stale.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
