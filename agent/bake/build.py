@@ -247,6 +247,9 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
     sources, problems = gather_sources(request)
     blob, members, found = read_input(request.initramfs)
     problems += found + check_output(request.output)
+    if request.max_size is not None and len(blob) > request.max_size:
+        problems.append(f"{request.initramfs}: already {len(blob)} bytes, over --max-size "
+                        f"{request.max_size} before any extension")
     with tempfile.TemporaryDirectory(prefix="overlay-agent-build.") as tmp:
         work = Path(tmp)
         unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once

@@ -13,6 +13,7 @@ from agent import cpio
 from agent.bake.atomic import write_atomically
 from agent.bake.build import (
     BuildRequest,
+    build_initramfs,
     check_output,
     check_size,
     gather_sources,
@@ -22,7 +23,7 @@ from agent.bake.build import (
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.squash import plan_parallelism
 from agent.commands.build import parse_size
-from agent.errors import BuildError, UsageError
+from agent.errors import BuildError, UsageError, ValidationFailed
 
 
 @pytest.mark.parametrize("members,path,expected", [
@@ -167,3 +168,16 @@ def test_output_folder_is_checked_first(tmp_path: Path) -> None:
     assert check_output(tmp_path / "no" / "out.img") == [
         f"{tmp_path}/no/out.img: folder {tmp_path}/no does not exist"]
     assert check_output(tmp_path) == [f"{tmp_path}: is a folder, not a file name for the output"]
+
+
+def test_an_input_over_budget_is_refused_before_any_work(tmp_path: Path) -> None:
+    img = tmp_path / "in.img"
+    with img.open("wb") as f:
+        cpio.write([cpio.regular("init", b"x" * 100)], f)
+    req = BuildRequest(img, tmp_path / "out.img", extensions=("dir:/nonexistent",),
+                       max_size=100)
+    with pytest.raises(ValidationFailed) as err:
+        build_initramfs(req)
+    assert err.value.problems == [
+        f"{img}: already {img.stat().st_size} bytes, over --max-size 100 before any extension",
+        "dir:/nonexistent: /nonexistent does not exist"]
