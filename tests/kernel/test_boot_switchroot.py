@@ -112,6 +112,9 @@ def test_mount_root_image_read_only(tmpfs: Path, images: Path) -> None:
         with pytest.raises(OSError):
             (tmpfs / "new").write_text("x")
     backing = Path(f"/sys/block/{os.path.basename(root.device)}/loop/backing_file")
+    deadline = time.monotonic() + 5  # autoclear runs from a kernel work queue after the umount
+    while backing.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not backing.exists() or backing.read_text().strip() != str(images / "root.sqsh")
 
 
