@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.boot.cmdline import BootParams
-from agent.boot.console import fatal_line
+from agent.boot.console import fatal_line, format_traceback
 from agent.boot.main import StepTimer, describe, fallback_params
 from agent.boot.modules import load_module, read_module_list
 from agent.boot.values import Undo
@@ -85,3 +85,12 @@ def test_undo_runs_in_reverse_and_pop_all_keeps() -> None:
         undo.callback(done.append, "kept")
         undo.pop_all()
     assert done == ["second", "first"]
+
+
+def test_debug_traceback_text() -> None:
+    try:
+        raise ValueError("deep")
+    except ValueError as exc:
+        text = format_traceback(exc)
+    assert text.startswith("Traceback (most recent call last):")
+    assert text.rstrip().endswith("ValueError: deep")
