@@ -461,3 +461,27 @@ def test_overlay_layer_limit(env: Env, image_cache: Callable[[int], Path],
     if count == 4:
         assert env.lines == ["extension 003-ext3: failed: over the 3 extensions an overlay "
                              "can stack"]
+
+
+def test_sha256_choice_small_builtin_large_openssl() -> None:
+    small, large = activate.sha256_constructor(0), activate.sha256_constructor(1 << 30)
+    assert small.__module__ != large.__module__
+    assert large.__module__ == "_hashlib"
+    data = os.urandom(100_000)
+    digests = []
+    for make in (small, large):
+        digest = make()
+        digest.update(data)
+        digests.append(digest.hexdigest())
+    assert digests == [hashlib.sha256(data).hexdigest()] * 2
+
+
+def test_openssl_sha256_path_catches_corruption(env: Env, image_cache: Callable[[int], Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(activate, "SMALL_HASH_TOTAL", 0)
+    layers = env.add(image_cache, [0, 1, 2])
+    corrupt(env, layers)
+    assert env.activate() == str(env.target)
+    phases = [e.phase for e in read_status(env.settings.status_path).extensions]
+    assert phases == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
+    assert "sha256" in env.lines[0]
