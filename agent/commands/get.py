@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     node = os.uname().nodename
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.output]
     sys.stdout.write(render(status, node))
+    for note in status.notes:   # problems not tied to one layer (list file, overlay)
+        print(f"overlay-agent: {note}", file=sys.stderr)
     return 0
 
 

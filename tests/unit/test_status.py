@@ -217,3 +217,13 @@ def test_activation_settings_behave_like_a_frozen_dataclass() -> None:
     assert settings.replace(strict=True) == ActivationSettings(skip=frozenset({"a"}), strict=True)
     assert settings.replace(strict=True) != settings
     assert len({settings, ActivationSettings(skip=frozenset({"a"}))}) == 1
+
+
+def test_get_prints_boot_notes_on_stderr(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "status.json"
+    note = "/extensions.yaml: unknown schema version 7 (this agent reads version 1)"
+    write_status(str(path), BootStatus(notes=(note,)))
+    assert main(["get", "extensions", "-o", "json", "--status", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"overlay-agent: {note}\n")
