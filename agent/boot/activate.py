@@ -193,7 +193,11 @@ def verify_and_mount_all(cands: list[_Candidate], staging_dir: str) -> None:
     finished = [_thread.allocate_lock() for _ in range(threads - 1)]
     for done in finished:
         done.acquire()
-        _thread.start_new_thread(work, (done,))
+        try:
+            _thread.start_new_thread(work, (done,))
+        except RuntimeError:   # no more threads: the ones running (and this one) do it all
+            done.release()
+            break
     work()
     for done in finished:
         with done:
