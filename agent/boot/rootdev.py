@@ -157,8 +157,8 @@ def wait_for_device(spec: RootSpec, timeout: float | None) -> str:
     found = find_device(spec)
     if found is not None:
         return found
-    # Costly import (~115 ms), paid only when the device is not there yet.
-    from pyroute2.netlink.uevent import UeventSocket
+    # Costly import (pyroute2 and asyncio), paid only when the device is not there yet.
+    from agent.boot.uevent import UeventSocket
 
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = UeventSocket()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import UsageError
-from agent.kernels import SUITES, derive_mirrors, fetch_kernel
+from agent.kernels import SUITES
 
 
 def register(subparsers: Any) -> None:
@@ -24,6 +24,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    from agent.kernels import derive_mirrors, fetch_kernel
+
     bad = [s for s in args.suites if s not in SUITES]
     if bad:
         raise UsageError(f"suite {bad[0]!r}: use one of {', '.join(SUITES)}")

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agent.image import DEFAULT_POLICY, ValidateOptions, load_policy
-from agent.image.pack import PackFormat, PackOptions, pack_extension, source_date_epoch
+FORMATS = ("oci-archive", "docker-archive")  # agent.image.pack.PackFormat values (tested)
 
 
 def register(sub: Any) -> None:
@@ -16,8 +15,7 @@ def register(sub: Any) -> None:
                                    "write a reproducible one-layer image.")
     p.add_argument("folder", type=Path, metavar="DIR")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
-    p.add_argument("--format", choices=[f.value for f in PackFormat],
-                   default=PackFormat.OCI_ARCHIVE.value)
+    p.add_argument("--format", choices=FORMATS, default=FORMATS[0])
     p.add_argument("--tag", help="image tag NAME:TAG (default: metadata NAME:VERSION)")
     p.add_argument("--arch", default="amd64", help="architecture recorded in the image config")
     p.add_argument("--os-version", help="target OS version for compatibility ranges")
@@ -26,6 +24,10 @@ def register(sub: Any) -> None:
 
 
 def run_pack(args: argparse.Namespace) -> int:
+    # imported here, not at the top: see agent/commands/validate.py
+    from agent.image import DEFAULT_POLICY, ValidateOptions, load_policy
+    from agent.image.pack import PackFormat, PackOptions, pack_extension, source_date_epoch
+
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
     options = PackOptions(PackFormat(args.format), args.tag, args.arch, source_date_epoch(),
                           ValidateOptions(args.os_version, None, policy))

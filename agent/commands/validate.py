@@ -6,20 +6,14 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import SourceError, UnpackError, UsageError
-from agent.image import (
-    DEFAULT_POLICY,
-    FetchOptions,
-    Problem,
-    UnpackedExtension,
-    ValidateOptions,
-    fetch_extension,
-    load_policy,
-    validate_extensions,
-)
-from agent.image.model import DEFAULT_MAX_LAYER_SIZE
+
+# The image modules (tarfile, lzma, bz2...) are imported when a command runs, not when the
+# parser is built: the booted system's `overlay-agent get` must not carry them.
+if TYPE_CHECKING:
+    from agent.image import FetchOptions, Problem, UnpackedExtension
 
 
 def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,14 +21,18 @@ def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="allow plain HTTP / unverified TLS for this registry (repeatable)")
     p.add_argument("--arch", default="amd64", help="platform to pick from multi-arch images")
-    p.add_argument("--max-layer-size", type=int, default=DEFAULT_MAX_LAYER_SIZE,
+    p.add_argument("--max-layer-size", type=int, default=None,
                    metavar="BYTES", help="refuse a layer that unpacks to more (default 4 GiB)")
 
 
 def fetch_options(args: argparse.Namespace) -> FetchOptions:
-    if args.max_layer_size <= 0:
-        raise UsageError(f"--max-layer-size {args.max_layer_size}: must be positive")
-    return FetchOptions(tuple(args.insecure_registry), args.arch, args.max_layer_size)
+    from agent.image import FetchOptions
+    from agent.image.model import DEFAULT_MAX_LAYER_SIZE
+
+    size = DEFAULT_MAX_LAYER_SIZE if args.max_layer_size is None else args.max_layer_size
+    if size <= 0:
+        raise UsageError(f"--max-layer-size {size}: must be positive")
+    return FetchOptions(tuple(args.insecure_registry), args.arch, size)
 
 
 def register(sub: Any) -> None:
@@ -56,6 +54,8 @@ def register(sub: Any) -> None:
 def fetch_all(sources: list[str], staging: Path,
               options: FetchOptions) -> tuple[list[UnpackedExtension], list[Problem]]:
     """Fetch every source; a source that cannot be fetched becomes one whole-image problem."""
+    from agent.image import Problem, fetch_extension
+
     exts, problems = [], []
     for source in sources:
         try:
@@ -68,6 +68,8 @@ def fetch_all(sources: list[str], staging: Path,
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from agent.image import DEFAULT_POLICY, ValidateOptions, load_policy, validate_extensions
+
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
     options = ValidateOptions(args.os_version, args.base_root, policy)
     with tempfile.TemporaryDirectory(prefix="overlay-agent-validate-") as tmp:

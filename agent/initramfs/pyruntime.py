@@ -35,15 +35,19 @@ ENTRY_MODULES: tuple[str, ...] = (
     "json",
     "traceback",
     "yaml",
-    "pyroute2.netlink.uevent",
+    "agent.boot.uevent",
+    "_hashlib",  # OpenSSL's sha256, ~5x the built-in one; activation imports it lazily
     "encodings.utf_8",
     "encodings.ascii",
     "encodings.latin_1",
 )
 
-# Optional accelerators left out: their importers fall back to pure Python when absent
-# (yaml without libyaml: yaml/__init__.py catches the ImportError of yaml.cyaml).
-EXCLUDED_MODULES: tuple[str, ...] = ("yaml._yaml", "_yaml")
+# Left out, because their importers cope with their absence: libyaml's accelerator
+# (yaml/__init__.py catches the ImportError of yaml.cyaml) and ssl, which asyncio (under
+# pyroute2's uevent socket) imports only to offer TLS (asyncio/sslproto.py allows ssl = None);
+# ssl alone would bring libssl into the image; and the bz2/lzma codecs, which shutil imports
+# only to offer those archive formats (it catches their ImportError).
+EXCLUDED_MODULES: tuple[str, ...] = ("yaml._yaml", "_yaml", "ssl", "_ssl", "_bz2", "_lzma")
 
 _COLLECT = r"""
 import importlib, json, sys, sysconfig
@@ -141,7 +145,8 @@ jobs, outdir = json.loads(sys.stdin.read())
 for i, (src, dest) in enumerate(jobs):
     try:
         py_compile.compile(src, cfile="%s/%d.pyc" % (outdir, i), dfile=dest, doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                           optimize=2)
     except py_compile.PyCompileError as exc:
         print("%s: does not compile (%s)" % (src, exc.msg.strip().splitlines()[-1]))
         sys.exit(1)
