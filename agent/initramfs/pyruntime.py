@@ -47,7 +47,9 @@ ENTRY_MODULES: tuple[str, ...] = (
 # pyroute2's uevent socket) imports only to offer TLS (asyncio/sslproto.py allows ssl = None);
 # ssl alone would bring libssl into the image; and the bz2/lzma codecs, which shutil imports
 # only to offer those archive formats (it catches their ImportError).
-EXCLUDED_MODULES: tuple[str, ...] = ("yaml._yaml", "_yaml", "ssl", "_ssl", "_bz2", "_lzma")
+# asyncio's C accelerator goes too: asyncio/futures.py and tasks.py fall back to Python.
+EXCLUDED_MODULES: tuple[str, ...] = ("yaml._yaml", "_yaml", "ssl", "_ssl", "_bz2", "_lzma",
+                                     "_asyncio")
 
 _COLLECT = r"""
 import importlib, json, sys, sysconfig
