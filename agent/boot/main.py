@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from agent.boot.activate import ActivationSettings, activate_extensions
 from agent.boot.cmdline import BootParams, parse_cmdline
 from agent.boot.console import fatal, say
 from agent.boot.early import mount_api_filesystems
@@ -90,14 +91,8 @@ def fallback_params(raw: str) -> BootParams:
 
 def activate(params: BootParams, base: str) -> str:
     """Stack extensions on the base root; the directory to switch into."""
-    try:
-        from agent.boot import activate as activation
-    except ModuleNotFoundError as exc:
-        if exc.name != "agent.boot.activate":
-            raise
-        return base
-    return activation.activate_extensions(base, SYSROOT, activation.ActivationSettings(
-        disable=params.disable, skip=params.skip, strict=params.strict))  # type: ignore[no-any-return]
+    return activate_extensions(base, SYSROOT, ActivationSettings(
+        disable=params.disable, skip=params.skip, strict=params.strict))
 
 
 def boot(timer: StepTimer) -> NoReturn:
