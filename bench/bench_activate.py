@@ -38,7 +38,11 @@ assert root == w + "/root", root
 import os, time
 # ready to exec init: stamp the time (CLOCK_MONOTONIC is one clock for all processes) and
 # leave as exec would, without the interpreter's shutdown
-os.write(1, repr(time.monotonic()).encode())
+now = time.monotonic()
+# VmHWM, not ru_maxrss: a spawned child's ru_maxrss also counts the parent's memory it
+# shared until exec (Linux records the old mm's high-water mark at exec).
+hwm = next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+os.write(1, (repr(now) + " " + hwm).encode())
 os._exit(0)
 """
 
@@ -96,7 +100,7 @@ def prepare(work: Path, layers: list[Layer], pool: Path) -> None:
 
 def timed(argv: list[str]) -> tuple[float, int, float]:
     """Wall time (ms) from spawn to the child's ready stamp on stdout (or to its exit when it
-    prints none), its peak RSS (KiB) and CPU time (ms)."""
+    prints none), its peak RSS (KiB, as the child reports it) and CPU time (ms)."""
     read_end, write_end = os.pipe()
     start = time.monotonic()
     pid = os.posix_spawn(argv[0], argv, dict(os.environ),
@@ -105,11 +109,12 @@ def timed(argv: list[str]) -> tuple[float, int, float]:
     _, status, usage = os.wait4(pid, 0)
     end = time.monotonic()
     with os.fdopen(read_end, "rb") as f:
-        stamp = f.read().strip()
+        stamp = f.read().split()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(argv[:3])}: exit status {status}")
-    ready = float(stamp) if stamp else end
-    return (ready - start) * 1000, usage.ru_maxrss, (usage.ru_utime + usage.ru_stime) * 1000
+    ready = float(stamp[0]) if stamp else end
+    peak_kib = int(stamp[1]) if len(stamp) > 1 else usage.ru_maxrss
+    return (ready - start) * 1000, peak_kib, (usage.ru_utime + usage.ru_stime) * 1000
 
 
 def reset(work: Path) -> None:

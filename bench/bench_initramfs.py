@@ -66,7 +66,7 @@ def run(out: Path, kernels: Path) -> None:
     lines.append("")
     no_ssl = tuple(m for m in ENTRY_MODULES if m != "_hashlib")
     packed, raw, pycs, elves = runtime_figures(no_ssl)
-    lines.insert(6, f"| the same without OpenSSL's sha256 (`_hashlib`, libcrypto) | "
+    lines.insert(5, f"| the same without OpenSSL's sha256 (`_hashlib`, libcrypto) | "
                  f"{packed / MIB:.2f} MiB ({raw / MIB:.1f} MiB unpacked) | for comparison |")
     lines.append("")
     lines.append("The runtime figure is the archive of the interpreter, its shared libraries "

@@ -16,36 +16,23 @@ from pathlib import Path
 
 from agent import cpio
 from agent.errors import BuildError
+from agent.paths import walk
 
 FIRMWARE_DIRS = ("lib/firmware", "usr/lib/firmware")
 
 
 def resolve_in_tree(tree: Mapping[str, cpio.Entry], path: str) -> str:
     """`path` with every symlink among the archive members followed (like the kernel would)."""
-    parts = [p for p in path.split("/") if p]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        if part == ".":
-            continue
-        name = "/".join([*done, part])
-        entry = tree.get(name)
+    def probe(cand: str) -> object:
+        entry = tree.get(cand.lstrip("/"))
         if entry is None or not stat.S_ISLNK(entry.mode):
-            done.append(part)
-            continue
-        hops += 1
-        if hops > 40:
-            raise BuildError(f"initramfs: too many symlinks resolving /{path}")
-        target = entry.content().decode(errors="surrogateescape")
-        if target.startswith("/"):
-            done = []
-        parts = [p for p in target.split("/") if p] + parts
-    return "/".join(done)
+            return True   # a missing part is created by the archive we append
+        return entry.content().decode(errors="surrogateescape")
+
+    walked = walk(path, probe)
+    if walked is None:
+        raise BuildError(f"initramfs: too many symlinks resolving /{path}")
+    return walked[0].lstrip("/")
 
 
 def collect_firmware(roots: Sequence[Path]) -> dict[str, Path]:

@@ -14,43 +14,25 @@ import stat
 from agent import syscalls
 from agent.boot.layout import API_MOUNTS
 from agent.errors import BootError
+from agent.paths import MISSING, walk
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
-MAX_SYMLINKS = 40  # as the kernel's path walk
-
 
 def resolve_in_root(root: str, path: str) -> str | None:
     """Host path of `path` inside `root`, following symlinks as if `root` were `/`."""
-    parts = [p for p in path.split("/") if p]
-    current: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            current = current[:-1]
-            continue
-        host = os.path.join(root, *current, part)
+    def probe(cand: str) -> object:
+        host = os.path.join(root, cand.lstrip("/"))
         try:
-            st = os.lstat(host)
+            return os.readlink(host) if stat.S_ISLNK(os.lstat(host).st_mode) else True
         except OSError:
-            return None
-        if not stat.S_ISLNK(st.st_mode):
-            current.append(part)
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            return None
-        target = os.readlink(host)
-        if target.startswith("/"):
-            current = []
-        parts = [p for p in target.split("/") if p] + parts
-    return os.path.join(root, *current)
+            return MISSING
+
+    walked = walk(path, probe)
+    return None if walked is None else os.path.join(root, walked[0].lstrip("/"))
 
 
 def check_init(root: str, init: str) -> str:

@@ -12,7 +12,7 @@ import glob
 import io
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -22,6 +22,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from agent.errors import BuildError
+from agent.paths import MISSING, walk
 
 # glibc's trusted folders on Debian (multiarch first); also what the loader searches when
 # an image carries no /etc/ld.so.cache.
@@ -110,38 +111,6 @@ def host_search_dirs() -> tuple[str, ...]:
     for d in [*read_ld_so_conf(), *DEFAULT_DIRS]:
         seen.setdefault(d, None)
     return tuple(seen)
-
-
-MISSING = object()   # what a probe returns for a path that does not exist
-
-
-def walk(path: str, probe: Callable[[str], object]) -> tuple[str, list[tuple[str, str]]] | None:
-    """Resolve `path` component by component like realpath. `probe(p)` returns a symlink's
-    target text, MISSING, or anything else for an existing non-link. Returns the real path and
-    every symlink met (absolute link path, target), or None when a component is missing or
-    the links loop."""
-    links: list[tuple[str, str]] = []
-    parts = [p for p in path.split("/") if p]
-    done = "/"
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            done = os.path.dirname(done.rstrip("/")) or "/"
-            continue
-        cand = os.path.join(done, part)
-        found = probe(cand)
-        if found is MISSING or len(links) > 40:
-            return None
-        if isinstance(found, str):
-            links.append((cand, found))
-            parts = [p for p in found.split("/") if p] + parts
-            if found.startswith("/"):
-                done = "/"
-            continue
-        done = cand
-    return done, links
 
 
 def walk_links(path: str, root: str = "/") -> tuple[str, list[tuple[str, str]]]:
