@@ -16,6 +16,7 @@ from agent.errors import ValidationFailed
 # Run by the demo root's /sbin/init once booted: the examples' files through the overlay.
 EXAMPLES_INIT = """/usr/local/bin/hello-extension || echo "hello-extension: exit status $?"
 echo "example firmware: $(cat /usr/lib/firmware/overlay-agent/example.bin)"
+overlay-agent get extensions -o yaml
 """
 
 
