@@ -17,6 +17,7 @@ import time
 
 from agent import listfile, statusfile, syscalls
 from agent.boot import loop, overlay
+from agent.boot.values import Value
 from agent.errors import BootError, ListFileError
 from agent.listfile import ListEntry
 
@@ -32,14 +33,13 @@ SMALL_HASH_TOTAL = 512 << 10
 MAX_THREADS = 8
 LIST_LAYER = "l"   # staging name of the tmpfs layer that carries /etc/extensions.yaml
 _NO = ("0", "n", "no", "false", "off")
-_SETTINGS = ("disable", "skip", "strict", "list_path", "images_dir", "status_path",
-             "staging_dir")
 
 
-class ActivationSettings:
+class ActivationSettings(Value):
     """Frozen settings (a frozen dataclass in behaviour: keyword constructor, ==, hash)."""
 
-    __slots__ = _SETTINGS
+    __slots__ = ("disable", "images_dir", "list_path", "skip", "staging_dir", "status_path",
+                 "strict")
     disable: bool             # overlay_agent.disable
     skip: frozenset[str]      # overlay_agent.skip=NAME[,NAME] (metadata names or IDs)
     strict: bool              # overlay_agent.strict: any failure -> raise BootError
@@ -52,30 +52,12 @@ class ActivationSettings:
                  strict: bool = False, list_path: str = listfile.LIST_PATH,
                  images_dir: str = listfile.IMAGES_DIR,
                  status_path: str = listfile.STATUS_PATH, staging_dir: str = "/run/oa") -> None:
-        values = (disable, frozenset(skip), strict, list_path, images_dir, status_path,
-                  staging_dir)
-        for name, value in zip(_SETTINGS, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"ActivationSettings is frozen: cannot set {name}")
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _SETTINGS)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ActivationSettings) and self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return "ActivationSettings(" + ", ".join(
-            f"{name}={getattr(self, name)!r}" for name in _SETTINGS) + ")"
+        self._set(disable=disable, skip=frozenset(skip), strict=strict, list_path=list_path,
+                  images_dir=images_dir, status_path=status_path, staging_dir=staging_dir)
 
     def replace(self, **changes: object) -> ActivationSettings:
-        return ActivationSettings(**{**dict(zip(_SETTINGS, self._values(), strict=True)),
-                                     **changes})  # type: ignore[arg-type]
+        fields = dict(zip(self.__slots__, self._fields(), strict=True))
+        return ActivationSettings(**{**fields, **changes})  # type: ignore[arg-type]
 
 
 def settings_from_cmdline(text: str, **paths: str) -> ActivationSettings:

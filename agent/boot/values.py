@@ -21,7 +21,7 @@ class Value:
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is read-only")
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name}")
 
     def _fields(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
