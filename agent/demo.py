@@ -10,8 +10,9 @@ from pathlib import Path
 
 from agent import cpio
 from agent.errors import BuildError
-from agent.initramfs.build import canonicalize, source_date_epoch, write_tree
+from agent.initramfs.build import canonicalize, write_tree
 from agent.initramfs.pyruntime import AGENT_LIB, PYTHON_LINK, build_runtime
+from agent.output import source_date_epoch
 from agent.tools import run, which
 
 TOKEN_KEY = "overlay_agent.test_token"

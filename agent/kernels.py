@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import SourceError, ToolError
+from agent.output import write_bytes_atomically
 from agent.tools import run
 
 log = logging.getLogger("overlay_agent.kernels")
@@ -180,7 +181,7 @@ class PrivateApt:
         self.root = root
         for sub in ("etc/preferences.d", "state/lists/partial", "cache/archives/partial"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        write_atomic(root / "etc/sources.list", render_sources(suite, mirrors).encode())
+        write_bytes_atomically(root / "etc/sources.list", render_sources(suite, mirrors).encode())
         status = root / "state/status"
         if not status.exists():
             status.write_bytes(b"")
@@ -216,15 +217,6 @@ class PrivateApt:
             timeout=1800)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def fetch_kernel(cache: Path, suite: str, mirrors: Mirrors) -> FetchResult:
     """Resolve the metapackage, download and unpack the versioned kernel unless cached."""
     base = cache / suite
@@ -253,7 +245,7 @@ def fetch_kernel(cache: Path, suite: str, mirrors: Mirrors) -> FetchResult:
         raise SourceError(f"{debs}: apt-get download left no {package}_*.deb")
     kernel = unpack_kernel(deb, base)
     version = parse_field(apt.show(package), "Version")
-    write_atomic(base / "metapackage", f"{stamp} {version}\n".encode())
+    write_bytes_atomically(base / "metapackage", f"{stamp} {version}\n".encode())
     return FetchResult(kernel, package, version, True)
 
 
@@ -283,14 +275,14 @@ def unpack_kernel(deb: Path, base: Path) -> Kernel:
     if not (modules / "modules.dep").is_file():
         run_depmod(fresh, modules, release)
     fresh.rename(tree)
-    write_atomic(base / "vmlinuz", (tree / "boot" / f"vmlinuz-{release}").read_bytes())
+    write_bytes_atomically(base / "vmlinuz", (tree / "boot" / f"vmlinuz-{release}").read_bytes())
     link = base / "modules"
     tmp_link = base / ".modules.tmp"
     if tmp_link.is_symlink():
         tmp_link.unlink()
     tmp_link.symlink_to(find_modules_root(tree, release).relative_to(base))
     tmp_link.replace(link)
-    write_atomic(base / "kernel-release", f"{release}\n".encode())
+    write_bytes_atomically(base / "kernel-release", f"{release}\n".encode())
     return load_kernel(base.parent, base.name)
 
 

@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT))
 from agent.bake.demo import EXAMPLES_INIT, bake_examples  # noqa: E402
 from agent.demo import DONE_MARKER, MARKER, TOKEN_KEY, build_demo_root  # noqa: E402
 from agent.errors import AgentError  # noqa: E402
-from agent.initramfs.build import InitramfsSpec, build_initramfs, source_date_epoch  # noqa: E402
+from agent.initramfs.build import InitramfsSpec, build_initramfs  # noqa: E402
 from agent.kernels import SUITES, load_kernel  # noqa: E402
+from agent.output import source_date_epoch  # noqa: E402
 
 
 def load_harness() -> ModuleType:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent import contract, cpio
-from agent.bake.atomic import write_atomically
 from agent.bake.config import find_duplicates, read_machine_config
 from agent.bake.depmod import ModulesPlan, build_modules_layer, modules_metadata, plan_modules
 from agent.bake.firmware import firmware_entries, resolve_in_tree
@@ -26,6 +25,7 @@ from agent.bake.segments import merged_members, split_segments
 from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
 from agent.errors import AgentError, BuildError, ValidationFailed
 from agent.image.model import FetchOptions, UnpackedExtension
+from agent.output import write_atomically
 from agent.tools import run
 
 MAX_LAYERS = 500          # overlayfs OVL_MAX_STACK

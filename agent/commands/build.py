@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from agent.bake.build import BuildRequest, build_initramfs
     from agent.bake.squash import Compression
-    from agent.image.pack import source_date_epoch
+    from agent.output import source_date_epoch
 
     request = BuildRequest(
         initramfs=args.initramfs, output=args.output, config=args.config,

@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
 def run_pack(args: argparse.Namespace) -> int:
     # imported here, not at the top: see agent/commands/validate.py
     from agent.image import DEFAULT_POLICY, ValidateOptions, load_policy
-    from agent.image.pack import PackFormat, PackOptions, pack_extension, source_date_epoch
+    from agent.image.pack import PackFormat, PackOptions, pack_extension
+    from agent.output import source_date_epoch
 
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
     options = PackOptions(PackFormat(args.format), args.tag, args.arch, source_date_epoch(),

@@ -22,13 +22,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from agent.errors import BuildError, UsageError, ValidationFailed
 from agent.image.fetch import open_dir
 from agent.image.oci import REF_NAME, sha256_of
 from agent.image.source import Source, Transport
 from agent.image.validate import ValidateOptions, validate_extensions
+from agent.output import write_atomically
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -67,13 +68,6 @@ class Blob:
     @property
     def hex(self) -> str:
         return self.digest.split(":", 1)[1]
-
-
-def source_date_epoch() -> int:
-    text = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    if not text.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH={text!r}: not a number of seconds")
-    return int(text)
 
 
 def canonical_json(doc: Any) -> bytes:
@@ -197,20 +191,13 @@ def docker_members(plain: Blob, config: Blob, tag: str) -> tuple[str, dict[str, 
 
 
 def write_archive(out: Path, members: dict[str, Blob | None], mtime: int) -> None:
-    """Write the outer tar beside `out`, fsync, rename: never half-written."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-                for name in sorted(members):
-                    add_member(tf, name, members[name], mtime)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write the outer tar atomically: never half-written."""
+    def write(f: BinaryIO) -> None:
+        with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+            for name in sorted(members):
+                add_member(tf, name, members[name], mtime)
+
+    write_atomically(out, write)
 
 
 def pack_extension(folder: Path, out: Path, options: PackOptions) -> str:

@@ -23,7 +23,7 @@ from agent.initramfs.kmods import (
     resolve_load_order,
 )
 from agent.initramfs.pyruntime import AGENT_LIB, ENTRY_MODULES, PYTHON_LINK, build_runtime
-from agent.kernels import write_atomic
+from agent.output import source_date_epoch, write_bytes_atomically
 
 # One argument after the interpreter: a #! line passes the rest as a single word.
 INIT_SCRIPT = f"""#!{PYTHON_LINK} -IS
@@ -40,13 +40,6 @@ DEVICE_NODES: tuple[tuple[str, int, int, int], ...] = (
 )
 
 COMPRESSIONS = ("zstd", "xz", "gzip")
-
-
-def source_date_epoch() -> int:
-    try:
-        return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    except ValueError:
-        raise BuildError(f"SOURCE_DATE_EPOCH={os.environ['SOURCE_DATE_EPOCH']!r}: not a number")
 
 
 @dataclass(frozen=True)
@@ -171,7 +164,7 @@ def build_initramfs(spec: InitramfsSpec, out: Path) -> BuildReport:
     data = cpio.compress(raw, spec.compression, spec.level)
     verify_initramfs(data, spec.compression, [*parts.elf_files, *parts.modules_load], where=out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, data)
+    write_bytes_atomically(out, data)
     return BuildReport(out, len(data), len(raw), len(parts.members), parts.modules_load,
                        parts.elf_files, parts.runtime_bytes)
 

@@ -10,7 +10,6 @@ from typing import BinaryIO
 import pytest
 
 from agent import cpio
-from agent.bake.atomic import write_atomically
 from agent.bake.build import (
     BuildRequest,
     build_initramfs,
@@ -24,6 +23,7 @@ from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.squash import plan_parallelism
 from agent.commands.build import parse_size
 from agent.errors import BuildError, UsageError, ValidationFailed
+from agent.output import write_atomically
 
 
 @pytest.mark.parametrize("members,path,expected", [

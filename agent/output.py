@@ -1,4 +1,5 @@
-"""Write a file so that readers see the old version or the complete new one, never a part.
+"""Build outputs: written so that readers see the old version or the complete new one, never
+a part, and stamped with SOURCE_DATE_EPOCH so the same inputs give the same bytes.
 
 The data goes to an unnamed file (O_TMPFILE) in the destination folder, so a build killed
 mid-write leaves nothing behind; once fsynced it gets a temporary name and is renamed over
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.errors import BuildError
+from agent.errors import BuildError, UsageError
 
 
 def open_unnamed(folder: Path, name: str) -> tuple[int, Path | None]:
@@ -72,3 +73,18 @@ def write_atomically(dest: Path, write: Callable[[BinaryIO], None], mode: int = 
         if named is not None:
             with contextlib.suppress(OSError):
                 named.unlink()
+
+
+def write_bytes_atomically(dest: Path, data: bytes, mode: int = 0o644) -> None:
+    def write(out: BinaryIO) -> None:
+        out.write(data)
+
+    write_atomically(dest, write, mode)
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH (https://reproducible-builds.org/specs/source-date-epoch/), else 0."""
+    text = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not text.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={text!r}: not a number of seconds")
+    return int(text)
