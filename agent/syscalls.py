@@ -2,22 +2,76 @@
 
 Every wrapper raises OSError(errno, strerror, path) on failure, so callers can
 wrap it with context. Nothing else in the package calls libc directly. This
-module is on the boot path: it imports only ctypes, os and fcntl.
+module is on the boot path: it imports only _ctypes, os and fcntl.
 
+It builds its few C types on _ctypes, the C half of ctypes: the ctypes package itself
+costs ~2.3 ms to import on the host (~20x that under emulation) for types not used here.
 x86_64 syscall numbers come from arch/x86/entry/syscalls/syscall_64.tbl.
 """
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes
 import fcntl
 import os
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                        ctypes.c_ulong, ctypes.c_char_p)
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    _Simple = _ctypes._SimpleCData[Any]    # generic only in typeshed's stubs
+    _CArray = _ctypes.Array[Any]
+else:
+    _Simple = _ctypes._SimpleCData
+    _CArray = _ctypes.Array
+
+
+class _Int(_Simple):   # type codes as in ctypes/__init__.py
+    _type_ = "i"
+
+
+class _Long(_Simple):
+    _type_ = "l"
+
+
+class _ULong(_Simple):
+    _type_ = "L"
+
+
+class _CharP(_Simple):
+    _type_ = "z"
+
+
+class _Char(_Simple):
+    _type_ = "c"
+
+
+class _Libc:
+    """The process's own symbols (libc included), as ctypes.CDLL(None) finds them."""
+
+    _handle = _ctypes.dlopen(None, 0)  # type: ignore[arg-type]  # NULL: this process
+
+    def function(self, name: str, restype: type, argtypes: tuple[type, ...] | None = None,
+                 ) -> Callable[..., int]:
+        class Function(_ctypes.CFuncPtr):
+            # cdecl; errno saved right after the call, for get_errno()
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = restype
+
+        func = Function((name, self))  # type: ignore[arg-type]  # any object with _handle
+        if argtypes is not None:
+            func.argtypes = argtypes
+        return func  # type: ignore[no-any-return]
+
+
+_lib = _Libc()
+_mount = _lib.function("mount", _Int, (_CharP, _CharP, _CharP, _ULong, _CharP))
+_umount2 = _lib.function("umount2", _Int, (_CharP, _Int))
+_syscall = _lib.function("syscall", _Long)
+_reboot = _lib.function("reboot", _Int, (_Int,))
+_statfs = _lib.function("statfs", _Int)
+_sync = _lib.function("sync", _Int)
 
 # mount(2) flags (include/uapi/linux/mount.h)
 MS_RDONLY = 1
@@ -66,7 +120,7 @@ _NR = {
 
 
 def _fail(path: str | None = None) -> OSError:
-    err = ctypes.get_errno()
+    err = _ctypes.get_errno()
     return OSError(err, os.strerror(err), path)
 
 
@@ -77,18 +131,18 @@ def _b(value: str | None) -> bytes | None:
 def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
           data: str | None = None) -> None:
     """mount(2); the error names the target."""
-    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+    if _mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
         raise _fail(target)
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    if _libc.umount2(_b(target), flags) != 0:
+    if _umount2(_b(target), flags) != 0:
         raise _fail(target)
 
 
 def finit_module(fd: int, params: str = "", flags: int = 0, path: str | None = None) -> None:
     """Load a kernel module from an open file; `path` only names it in errors."""
-    if _libc.syscall(_NR["finit_module"], fd, _b(params), flags) != 0:
+    if _syscall(_NR["finit_module"], fd, _b(params), flags) != 0:
         raise _fail(path)
 
 
@@ -104,7 +158,7 @@ def ioctl(fd: int, request: int, arg: int | bytes | bytearray = 0, path: str | N
 
 
 def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
-    fd = _libc.syscall(_NR["fsopen"], _b(fstype), flags)
+    fd = _syscall(_NR["fsopen"], _b(fstype), flags)
     if fd < 0:
         raise _fail(fstype)
     return int(fd)
@@ -112,26 +166,25 @@ def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
 
 def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | None = None,
              aux: int = 0) -> None:
-    if _libc.syscall(_NR["fsconfig"], fd, cmd, _b(key), _b(value), aux) != 0:
+    if _syscall(_NR["fsconfig"], fd, cmd, _b(key), _b(value), aux) != 0:
         raise _fail(f"{key}={value}" if key else None)
 
 
 def fsmount(fd: int, flags: int = FSMOUNT_CLOEXEC, attr_flags: int = 0) -> int:
-    mfd = _libc.syscall(_NR["fsmount"], fd, flags, attr_flags)
+    mfd = _syscall(_NR["fsmount"], fd, flags, attr_flags)
     if mfd < 0:
         raise _fail()
     return int(mfd)
 
 
 def move_mount(from_fd: int, to_path: str, flags: int = MOVE_MOUNT_F_EMPTY_PATH) -> None:
-    if _libc.syscall(_NR["move_mount"], from_fd, b"", AT_FDCWD, _b(to_path), flags) != 0:
+    if _syscall(_NR["move_mount"], from_fd, b"", AT_FDCWD, _b(to_path), flags) != 0:
         raise _fail(to_path)
 
 
 def reboot(cmd: int) -> None:
     """reboot(2); only returns on failure."""
-    _libc.reboot.argtypes = (ctypes.c_int,)
-    if _libc.reboot(ctypes.c_int(cmd - (1 << 32) if cmd >= 1 << 31 else cmd)) != 0:
+    if _reboot(cmd - (1 << 32) if cmd >= 1 << 31 else cmd) != 0:
         raise _fail()
 
 
@@ -142,11 +195,15 @@ TMPFS_MAGIC = 0x01021994
 
 def statfs_type(path: str) -> int:
     """f_type of statfs(2): the first field (a long) of struct statfs on x86_64."""
-    buf = ctypes.create_string_buffer(128)
-    if _libc.statfs(_b(path), buf) != 0:
+    class Buffer(_CArray):
+        _type_ = _Char
+        _length_ = 128
+
+    buf = Buffer()
+    if _statfs(_b(path), buf) != 0:
         raise _fail(path)
-    return int.from_bytes(buf.raw[:8], "little") & 0xFFFFFFFF
+    return int.from_bytes(bytes(buf)[:8], "little") & 0xFFFFFFFF
 
 
 def sync() -> None:
-    _libc.sync()
+    _sync()

@@ -3,10 +3,15 @@
 Never brick: a layer that fails its check or mount is undone and recorded, the others
 go on; when the overlay itself fails the bare root boots. Only `strict` raises.
 
+Two halves: start_activation() reads the list, opens the images and starts their checks
+in the background (agent.boot.verify); finish_activation() mounts the checked layers and
+stacks them. PID 1 runs the first half before modules and the root device, so hashing
+overlaps them; together (activate_extensions) they are the hook and the benchmark.
+
 The activation budget (whole process, N=10: 25 ms) is mostly interpreter start and
 imports, so this path imports no dataclasses, enum, json, re or threading (about 30 ms
-together on this project's machines): plain classes, agent.lightjson and _thread.
-Layers are verified and mounted several at a time, and recorded in list order.
+together on this project's machines): plain classes, agent.lightjson and _thread. The
+mount half's modules (agent.syscalls loads libffi) load while the checks already run.
 """
 
 from __future__ import annotations
@@ -15,22 +20,14 @@ import _thread
 import os
 import time
 
-from agent import listfile, statusfile, syscalls
-from agent.boot import loop, overlay
+from agent import listfile, statusfile
+from agent.boot import overlay
 from agent.boot.values import Value
+from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
 from agent.errors import BootError, ListFileError
 from agent.listfile import ListEntry
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # typing costs PID 1 about 9 ms
-    from collections.abc import Callable
-    from typing import Any
-
-CHUNK = 1 << 18    # per read; one buffer per thread
-# Below this many bytes to hash in all, the interpreter's built-in sha256 (~0.2 GB/s here)
-# beats loading OpenSSL's libcrypto (~3 ms, far more under emulation) for its ~1.4 GB/s.
-SMALL_HASH_TOTAL = 512 << 10
-MAX_THREADS = 8
+MOUNT_THREADS = 3  # mounts at once; they mostly wait on the loop worker (2 to 4: alike here)
 LIST_LAYER = "l"   # staging name of the tmpfs layer that carries /etc/extensions.yaml
 _NO = ("0", "n", "no", "false", "off")
 
@@ -84,81 +81,13 @@ def report(line: str) -> None:
     console.say(line, level=console.KERN_WARNING)
 
 
-class LayerFailed(Exception):
-    """One layer failed a check or a mount; the message is its recorded reason."""
-
-
-class _Candidate:
-    """A layer past the skip and size checks, its image open until verified and mounted."""
-
-    __slots__ = ("entry", "error", "fd", "index", "path", "size", "staging")
-
-    def __init__(self, index: int, entry: ListEntry, path: str) -> None:
-        self.index, self.entry, self.path = index, entry, path
-        self.fd = -1
-        self.size = 0
-        self.error = ""
-        self.staging = ""     # set once mounted
-
-
-def sha256_constructor(total: int) -> Callable[[], Any]:
-    """The quickest sha256 for `total` bytes: built-in when small, else OpenSSL's (without
-    the hashlib module around it, another ~1 ms), which drops the GIL while hashing."""
-    if total >= SMALL_HASH_TOTAL:
-        try:
-            from _hashlib import openssl_sha256
-            return openssl_sha256
-        except ImportError:
-            pass
-    try:
-        from _sha2 import sha256  # Python 3.12+
-    except ImportError:
-        try:
-            from _sha256 import sha256  # Python 3.11
-        except ImportError:
-            from hashlib import sha256
-    constructor: Callable[[], Any] = sha256
-    return constructor
-
-
-def hash_fd(fd: int, path: str, sha256: Callable[[], Any]) -> str:
-    """sha256 by positioned reads into one buffer."""
-    digest = sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    offset = 0
-    try:
-        while (n := os.preadv(fd, [buf], offset)) > 0:
-            digest.update(view[:n])
-            offset += n
-    except OSError as exc:
-        raise LayerFailed(f"cannot read {path}: {exc.strerror}") from None
-    hexdigest: str = digest.hexdigest()
-    return hexdigest
-
-
-def verify_and_mount(cand: _Candidate, staging: str, sha256: Callable[[], Any]) -> None:
-    """Check the sha256, then attach and mount; the outcome lands on `cand` (worker threads)."""
-    try:
-        if cand.entry.sha256:
-            check_digest(cand, hash_fd(cand.fd, cand.path, sha256))
-        mount_layer(cand, staging)
-        cand.staging = staging
-    except LayerFailed as exc:
-        cand.error = str(exc)
-    except Exception as exc:  # a worker thread must not lose a layer silently
-        cand.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        close_image(cand)
-
-
-def verify_and_mount_all(cands: list[_Candidate], staging_dir: str) -> None:
-    """Several layers at a time: hashing is CPU-bound, a squashfs mount mostly waits for the
-    loop device's kernel worker, so a few threads (the main one included) overlap both."""
+def mount_in_order(cands: list[Candidate], staging_dir: str) -> None:
+    """Mount every candidate that passes its checks, several at a time: a squashfs mount
+    mostly waits for the loop device's kernel worker, so a few threads overlap the waits
+    (and the checks still running). Each takes the next layer in list order."""
     lock = _thread.allocate_lock()
     queue = iter(cands)
-    sha256 = sha256_constructor(sum(c.size for c in cands if c.entry.sha256))
-    threads = max(1, min(len(cands), 4 * len(os.sched_getaffinity(0)), MAX_THREADS))
+    threads = max(1, min(len(cands), MOUNT_THREADS))
 
     def work(finished: _thread.LockType | None = None) -> None:
         try:
@@ -167,7 +96,7 @@ def verify_and_mount_all(cands: list[_Candidate], staging_dir: str) -> None:
                     cand = next(queue, None)
                 if cand is None:
                     return
-                verify_and_mount(cand, os.path.join(staging_dir, str(cand.index)), sha256)
+                mount_checked(cand, os.path.join(staging_dir, str(cand.index)))
         finally:
             if finished is not None:
                 finished.release()
@@ -186,8 +115,23 @@ def verify_and_mount_all(cands: list[_Candidate], staging_dir: str) -> None:
             pass
 
 
-class _Run:
-    """What one activation has done so far: records by index, staging mounts, notes."""
+def mount_checked(cand: Candidate, staging: str) -> None:
+    """Wait for the layer's checks, then attach and mount it; the outcome lands on `cand`."""
+    cand.wait_checked()
+    try:
+        if not cand.error:
+            mount_layer(cand, staging)
+            cand.staging = staging
+    except LayerFailed as exc:
+        cand.error = str(exc)
+    except Exception as exc:  # a worker thread must not lose a layer silently
+        cand.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        cand.close()
+
+
+class Activation:
+    """One activation between its halves: records by index, candidates, staging mounts."""
 
     def __init__(self, settings: ActivationSettings) -> None:
         self.settings = settings
@@ -195,6 +139,8 @@ class _Run:
         self.mounted: list[tuple[int, str]] = []     # (index, staging path)
         self.notes: list[str] = []
         self.stamp = statusfile.utc_now()
+        self.cands: list[Candidate] = []
+        self.busy = 0.0     # seconds spent in the two halves (not the wait between them)
 
     def record(self, index: int, entry: ListEntry, phase: str, reason: str = "") -> None:
         self.records[index] = statusfile.extension_doc(
@@ -223,7 +169,7 @@ class _Run:
         self.mounted.clear()
 
 
-def load_entries(run: _Run) -> tuple[ListEntry, ...]:
+def load_entries(run: Activation) -> tuple[ListEntry, ...]:
     """The list's layers; missing list = none; an unusable list = all skipped with the reason."""
     path = run.settings.list_path
     try:
@@ -273,25 +219,11 @@ def skip_reason(entry: ListEntry, settings: ActivationSettings) -> str:
     return f"overlay_agent.skip={hit[0]}" if hit else ""
 
 
-def open_candidate(cand: _Candidate) -> None:
-    """Open the image and check its size (cheap, before any hashing starts)."""
-    try:
-        cand.fd = os.open(cand.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LayerFailed(f"cannot open {cand.path}: {exc.strerror}") from None
-    cand.size = size = os.fstat(cand.fd).st_size
-    if cand.entry.size >= 0 and size != cand.entry.size:
-        raise LayerFailed(f"{cand.path}: size {size} bytes, the list says {cand.entry.size}")
-
-
-def check_digest(cand: _Candidate, digest: str) -> None:
-    want = cand.entry.sha256.lower()
-    if digest != want:
-        raise LayerFailed(f"{cand.path}: sha256 {digest[:16]}..., the list says {want[:16]}...")
-
-
-def mount_layer(cand: _Candidate, staging: str) -> None:
+def mount_layer(cand: Candidate, staging: str) -> None:
     """Loop-attach read-only and mount squashfs ro,nodev at `staging`; undo on failure."""
+    from agent import syscalls
+    from agent.boot import loop
+
     try:
         dev = loop.attach_readonly(cand.fd, cand.path)
     except OSError as exc:
@@ -307,6 +239,8 @@ def mount_layer(cand: _Candidate, staging: str) -> None:
 
 def unmount_staging(mounted: list[tuple[int, str]]) -> None:
     """Staging mounts go once the overlay holds its own clones (or on undo); loops autoclear."""
+    from agent import syscalls
+
     for _, path in reversed(mounted):
         try:
             syscalls.umount2(path)
@@ -318,13 +252,15 @@ def unmount_staging(mounted: list[tuple[int, str]]) -> None:
             pass
 
 
-def mount_list_layer(run: _Run, staging: str) -> str | None:
+def mount_list_layer(run: Activation, staging: str) -> str | None:
     """A tiny tmpfs holding etc/extensions.yaml, stacked topmost.
 
     Binding the list over /etc/extensions.yaml needs that file in the root already (a bind
     needs a mount point, and neither a read-only root nor an overlay without upperdir can
     create one); a top layer shows the list read-only at that path on any root.
     """
+    from agent import syscalls
+
     try:
         os.makedirs(staging, exist_ok=True)
         syscalls.mount("oa-list", staging, "tmpfs", syscalls.MS_NODEV | syscalls.MS_NOSUID,
@@ -344,11 +280,11 @@ def mount_list_layer(run: _Run, staging: str) -> str | None:
     return staging
 
 
-def collect_candidates(run: _Run, entries: tuple[ListEntry, ...]) -> list[_Candidate]:
+def collect_candidates(run: Activation, entries: tuple[ListEntry, ...]) -> list[Candidate]:
     """Skip what the command line says, open every other image and check its size."""
     settings = run.settings
     room = overlay.OVL_MAX_STACK - 1          # below them all, the base root
-    cands: list[_Candidate] = []
+    cands: list[Candidate] = []
     try:
         for index, entry in enumerate(entries):
             reason = skip_reason(entry, settings)
@@ -358,45 +294,38 @@ def collect_candidates(run: _Run, entries: tuple[ListEntry, ...]) -> list[_Candi
             if len(cands) >= room:
                 run.fail(index, entry, f"over the {room} extensions an overlay can stack")
                 continue
-            cand = _Candidate(index, entry, os.path.join(settings.images_dir, entry.image))
+            cand = Candidate(index, entry, os.path.join(settings.images_dir, entry.image))
             try:
                 open_candidate(cand)
             except LayerFailed as exc:
-                close_image(cand)
+                cand.close()
                 run.fail(index, entry, str(exc))
                 continue
             cands.append(cand)
     except BaseException:
         for cand in cands:
-            close_image(cand)
+            cand.close()
         raise
     return cands
 
 
-def close_image(cand: _Candidate) -> None:
-    if cand.fd >= 0:
-        os.close(cand.fd)
-        cand.fd = -1
-
-
-def activate_layers(run: _Run, entries: tuple[ListEntry, ...]) -> None:
-    """Verify and mount every candidate, then record them in list order."""
-    cands = collect_candidates(run, entries)
+def mount_layers(run: Activation) -> None:
+    """Mount every candidate as its checks pass, then record them all in list order."""
     try:
-        verify_and_mount_all(cands, run.settings.staging_dir)
+        mount_in_order(run.cands, run.settings.staging_dir)
     finally:
-        for cand in cands:
-            close_image(cand)
+        for cand in run.cands:
+            cand.close()
     # every mount first, so that a strict failure below undoes them all
-    run.mounted.extend((cand.index, cand.staging) for cand in cands if cand.staging)
-    for cand in cands:
+    run.mounted.extend((cand.index, cand.staging) for cand in run.cands if cand.staging)
+    for cand in run.cands:
         if cand.staging:
             run.record(cand.index, cand.entry, statusfile.ACTIVE)
         else:
             run.fail(cand.index, cand.entry, cand.error)
 
 
-def stack_layers(run: _Run, base_root: str, target: str) -> tuple[str, str]:
+def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str]:
     """One read-only overlay; return (root to switch into, statusfile.API_*)."""
     if not run.mounted:
         return base_root, statusfile.API_NONE
@@ -426,22 +355,49 @@ def stack_layers(run: _Run, base_root: str, target: str) -> tuple[str, str]:
     return target, api
 
 
-def activate_extensions(base_root: str, target: str, settings: ActivationSettings) -> str:
-    """Stack the layers on base_root (mounted read-only) as one read-only overlay at `target`;
-    return the dir to switch_root into (target, or base_root when no layer is active)."""
+def start_activation(settings: ActivationSettings) -> Activation:
+    """First half: read the list, open every image not skipped, check sizes, and start the
+    sha256 checks in the background. Needs only the initramfs, not the root."""
     start = time.monotonic()
-    run = _Run(settings)
+    run = Activation(settings)
+    try:
+        run.cands = collect_candidates(run, load_entries(run))
+        start_checks(run.cands)
+    except BaseException:
+        save_run_status(run, "", statusfile.API_NONE)   # strict: no root to boot
+        raise
+    finally:
+        run.busy += time.monotonic() - start
+    return run
+
+
+def finish_activation(run: Activation, base_root: str, target: str) -> str:
+    """Second half: stack the checked layers on base_root (mounted read-only) as one
+    read-only overlay at `target`; return the dir to switch_root into (target, or base_root
+    when no layer is active). Writes the status whatever happens."""
+    start = time.monotonic()
     root, api = base_root, statusfile.API_NONE
     try:
-        activate_layers(run, load_entries(run))
+        from agent import syscalls  # noqa: F401 - ctypes loads here, while the checks run
+        mount_layers(run)
         root, api = stack_layers(run, base_root, target)
     finally:
-        save_status(settings.status_path, statusfile.boot_doc(
-            extensions=[run.records[i] for i in sorted(run.records)], root=root,
-            overlay=api, notes=run.notes, disabled=settings.disable, strict=settings.strict,
-            list_path=settings.list_path, activated=run.stamp,
-            duration_ms=(time.monotonic() - start) * 1000))
+        run.busy += time.monotonic() - start
+        save_run_status(run, root, api)
     return root
+
+
+def activate_extensions(base_root: str, target: str, settings: ActivationSettings) -> str:
+    """Both halves at once (hook mode, tests, the benchmark)."""
+    return finish_activation(start_activation(settings), base_root, target)
+
+
+def save_run_status(run: Activation, root: str, api: str) -> None:
+    settings = run.settings
+    save_status(settings.status_path, statusfile.boot_doc(
+        extensions=[run.records[i] for i in sorted(run.records)], root=root,
+        overlay=api, notes=run.notes, disabled=settings.disable, strict=settings.strict,
+        list_path=settings.list_path, activated=run.stamp, duration_ms=run.busy * 1000))
 
 
 def save_status(path: str, doc: dict[str, object]) -> None:
@@ -454,6 +410,8 @@ def save_status(path: str, doc: dict[str, object]) -> None:
 def activate_mounted_root(root_dir: str, settings: ActivationSettings) -> str:
     """Hook mode: the root is already mounted at root_dir (initramfs-tools ${rootmnt}, dracut
     /sysroot). Move it aside to staging/base and put the overlay at root_dir instead."""
+    from agent import syscalls
+
     base = os.path.join(settings.staging_dir, "base")
     os.makedirs(base, exist_ok=True)
     try:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import time
 
-from agent.boot.activate import ActivationSettings, activate_extensions
+from agent.boot.activate import (
+    Activation,
+    ActivationSettings,
+    finish_activation,
+    start_activation,
+)
 from agent.boot.cmdline import BootParams, parse_cmdline
 from agent.boot.console import fatal, say
 from agent.boot.early import mount_api_filesystems
@@ -89,9 +94,10 @@ def fallback_params(raw: str) -> BootParams:
     return BootParams(panic=panic, debug="overlay_agent.debug" in raw)
 
 
-def activate(params: BootParams, base: str) -> str:
-    """Stack extensions on the base root; the directory to switch into."""
-    return activate_extensions(base, SYSROOT, ActivationSettings(
+def start_checks(params: BootParams) -> Activation:
+    """Open the extension images and start their sha256 checks in the background: they
+    need only the initramfs, so hashing overlaps module loading and the root device wait."""
+    return start_activation(ActivationSettings(
         disable=params.disable, skip=params.skip, strict=params.strict))
 
 
@@ -108,10 +114,11 @@ def boot(timer: StepTimer) -> NoReturn:
                 import traceback  # noqa: F401 - loaded now, while the initramfs still exists
             for note in params.notes:
                 say(note, quiet=params.quiet)
+            checks = timer.run("verify", start_checks, params)
             timer.run("modules", load_modules)
             root = timer.run("root", mount_root, params, BASE_ROOT, undo)
             say(f"root {root.source} ({root.fstype}) mounted read-only", quiet=params.quiet)
-            newroot = timer.run("extensions", activate, params, BASE_ROOT)
+            newroot = timer.run("extensions", finish_activation, checks, BASE_ROOT, SYSROOT)
             timer.run("check-init", check_init, newroot, params.init)
             undo.pop_all()  # from here on the mounts belong to the new root
         init, quiet = params.init, params.quiet

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 
-from agent import syscalls
 from agent.statusfile import API_FSCONFIG, API_MOUNT
 
 OVL_MAX_STACK = 500   # fs/overlayfs/params.h: most lower layers one overlay takes
@@ -34,6 +33,8 @@ def choose_api(lowers: list[str]) -> str:
 def mount_overlay(lowers: list[str], target: str) -> str:
     """Mount `lowers` (topmost first, as overlayfs reads them) read-only at `target`;
     return the API used (statusfile.API_MOUNT or API_FSCONFIG)."""
+    from agent import syscalls  # ctypes: loaded only once something is mounted
+
     if len(lowers) > OVL_MAX_STACK:
         raise OSError(errno.EINVAL, f"{len(lowers)} layers exceed the kernel's "
                       f"{OVL_MAX_STACK}", target)
@@ -46,6 +47,8 @@ def mount_overlay(lowers: list[str], target: str) -> str:
 
 
 def mount_overlay_fsconfig(lowers: list[str], target: str) -> None:
+    from agent import syscalls
+
     fs_fd = syscalls.fsopen("overlay")
     try:
         for i, path in enumerate(lowers):

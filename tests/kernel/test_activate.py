@@ -20,8 +20,14 @@ from pathlib import Path
 import pytest
 
 from agent import syscalls
-from agent.boot import activate, overlay
-from agent.boot.activate import ActivationSettings, activate_extensions, activate_mounted_root
+from agent.boot import activate, overlay, verify
+from agent.boot.activate import (
+    ActivationSettings,
+    activate_extensions,
+    activate_mounted_root,
+    finish_activation,
+    start_activation,
+)
 from agent.cli import main
 from agent.contract import ExtensionList, ExtensionMetadata, Layer, dump_list
 from agent.errors import BootError
@@ -476,7 +482,7 @@ def test_overlay_layer_limit(env: Env, image_cache: Callable[[int], Path],
 
 
 def test_sha256_choice_small_builtin_large_openssl() -> None:
-    small, large = activate.sha256_constructor(0), activate.sha256_constructor(1 << 30)
+    small, large = verify.sha256_constructor(0), verify.sha256_constructor(1 << 30)
     assert small.__module__ != large.__module__
     assert large.__module__ == "_hashlib"
     data = os.urandom(100_000)
@@ -490,10 +496,42 @@ def test_sha256_choice_small_builtin_large_openssl() -> None:
 
 def test_openssl_sha256_path_catches_corruption(env: Env, image_cache: Callable[[int], Path],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(activate, "SMALL_HASH_TOTAL", 0)
+    monkeypatch.setattr(verify, "SMALL_HASH_TOTAL", 0)
     layers = env.add(image_cache, [0, 1, 2])
     corrupt(env, layers)
     assert env.activate() == str(env.target)
     phases = [e.phase for e in read_status(env.settings.status_path).extensions]
     assert phases == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
     assert "sha256" in env.lines[0]
+
+
+def test_halves_mount_the_image_opened_first(env: Env,
+                                             image_cache: Callable[[int], Path]) -> None:
+    """PID 1 starts the checks before the root is up and mounts later: the layer mounted is
+    the file opened and hashed by the first half, even if the path changes in between."""
+    env.add(image_cache, [0, 1])
+    run = start_activation(env.settings)
+    # replace 001's file by another valid image (a different digest) after the open
+    replacement = env.images / "tmp.sqsh"
+    shutil.copy(image_cache(5), replacement)
+    os.rename(replacement, env.images / image_cache(1).name)
+    time.sleep(0.5)   # the gap between the halves is not counted as activation time
+    assert finish_activation(run, str(env.base), str(env.target)) == str(env.target)
+    status = read_status(env.settings.status_path)
+    assert [e.phase for e in status.extensions] == [Phase.ACTIVE, Phase.ACTIVE]
+    assert env.read(f"{SHARE}/layer") == "1"
+    assert not (env.target / SHARE / "only-5").exists()
+    assert status.duration_ms < 500
+    assert env.lines == []
+
+
+def test_strict_failure_in_first_half_raises_and_records(env: Env,
+                                                        image_cache: Callable[[int], Path]) -> None:
+    env.add(image_cache, [0, 1])
+    (env.images / image_cache(1).name).unlink()
+    with pytest.raises(BootError, match=r"^extension 001-ext1: cannot open .*strict"):
+        start_activation(env.settings.replace(strict=True))
+    status = read_status(env.settings.status_path)
+    assert [e.phase for e in status.extensions] == [Phase.FAILED]
+    assert status.root == ""
+    assert mounts_under(str(env.work / "s")) == []
