@@ -15,6 +15,7 @@ from agent import syscalls
 LOOP_SET_FD = 0x4C00
 LOOP_CLR_FD = 0x4C01
 LOOP_SET_STATUS64 = 0x4C04
+LOOP_SET_BLOCK_SIZE = 0x4C09  # Linux 4.14+
 LOOP_CONFIGURE = 0x4C0A      # Linux 5.8+
 LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_READ_ONLY = 1
@@ -45,11 +46,12 @@ def pack_info64(backing: str, flags: int) -> bytes:
     return _INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, name, b"", b"", 0, 0)
 
 
-def pack_config(backing_fd: int, backing: str, flags: int) -> bytes:
-    return _CONFIG.pack(backing_fd, 0, pack_info64(backing, flags))
+def pack_config(backing_fd: int, backing: str, flags: int, block_size: int = 0) -> bytes:
+    return _CONFIG.pack(backing_fd, block_size, pack_info64(backing, flags))
 
 
-def configure_fallback(loop_fd: int, backing_fd: int, backing: str, dev: str) -> None:
+def configure_fallback(loop_fd: int, backing_fd: int, backing: str, dev: str,
+                       block_size: int) -> None:
     """Pre-5.8 kernels: LOOP_SET_FD (read-only because backing_fd is) then LOOP_SET_STATUS64."""
     syscalls.ioctl(loop_fd, LOOP_SET_FD, backing_fd, path=dev)
     try:
@@ -58,10 +60,16 @@ def configure_fallback(loop_fd: int, backing_fd: int, backing: str, dev: str) ->
     except OSError:
         syscalls.ioctl(loop_fd, LOOP_CLR_FD, 0, path=dev)
         raise
+    if block_size:
+        try:
+            syscalls.ioctl(loop_fd, LOOP_SET_BLOCK_SIZE, block_size, path=dev)
+        except OSError:
+            pass  # only slower: 512-byte blocks work too
 
 
-def attach_readonly(backing_fd: int, backing: str) -> LoopDevice:
-    """Attach the open file `backing_fd` to a free loop device, read-only with autoclear.
+def attach_readonly(backing_fd: int, backing: str, block_size: int = 0) -> LoopDevice:
+    """Attach the open file `backing_fd` to a free loop device, read-only with autoclear;
+    `block_size` is the device's logical block size (0: the kernel's 512 bytes).
 
     GET_FREE then configure races with other processes taking the same device: EBUSY
     means someone won, so ask for another one.
@@ -73,7 +81,7 @@ def attach_readonly(backing_fd: int, backing: str) -> LoopDevice:
             dev = f"/dev/loop{number}"
             loop_fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                configure(loop_fd, backing_fd, backing, dev)
+                configure(loop_fd, backing_fd, backing, dev, block_size)
             except OSError as exc:
                 os.close(loop_fd)
                 if exc.errno == errno.EBUSY:
@@ -85,14 +93,16 @@ def attach_readonly(backing_fd: int, backing: str) -> LoopDevice:
     raise OSError(errno.EBUSY, f"no free loop device after {MAX_BUSY_RETRIES} tries", backing)
 
 
-def configure(loop_fd: int, backing_fd: int, backing: str, dev: str) -> None:
-    config = bytearray(pack_config(backing_fd, backing, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR))
+def configure(loop_fd: int, backing_fd: int, backing: str, dev: str, block_size: int = 0,
+              ) -> None:
+    config = bytearray(pack_config(backing_fd, backing, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+                                   block_size))
     try:
         syscalls.ioctl(loop_fd, LOOP_CONFIGURE, config, path=dev)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOTTY):
             raise
-        configure_fallback(loop_fd, backing_fd, backing, dev)
+        configure_fallback(loop_fd, backing_fd, backing, dev, block_size)
 
 
 def release(loop: LoopDevice) -> None:

@@ -442,6 +442,7 @@ def test_loop_configure_fallbacks(env: Env, image_cache: Callable[[int], Path],
         dev = loop_of(image)
         assert (dev / "ro").read_text().strip() == "1"
         assert (dev / "loop/autoclear").read_text().strip() == "1"
+        assert (dev / "queue/logical_block_size").read_text().strip() == "4096"
 
 
 def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
@@ -535,3 +536,27 @@ def test_strict_failure_in_first_half_raises_and_records(env: Env,
     assert [e.phase for e in status.extensions] == [Phase.FAILED]
     assert status.root == ""
     assert mounts_under(str(env.work / "s")) == []
+
+
+def test_unpadded_image_gets_512_byte_blocks(env: Env, image_cache: Callable[[int], Path]) -> None:
+    """4 KiB loop blocks only when the image is a whole number of them: the last block must
+    be readable. (squashfs reads 1 KiB device blocks, so any image needs whole KiBs.)"""
+    padded = env.add(image_cache, [0])[0]
+    src = env.work / "src"
+    (src / SHARE).mkdir(parents=True)
+    (src / SHARE / "layer").write_text("nopad")
+    image = env.images / "001-nopad.sqsh"
+    run(["mksquashfs", src, image, "-quiet", "-no-progress", "-noappend", "-all-root", "-nopad"])
+    size = -(-image.stat().st_size // 1024) * 1024     # squashfs ignores bytes past its end
+    size += 1024 if size % 4096 == 0 else 0
+    with image.open("r+b") as f:
+        f.truncate(size)
+    data = image.read_bytes()
+    env.write_list([padded, Layer(image.name, ExtensionMetadata("nopad", "1"),
+                                  hashlib.sha256(data).hexdigest(), len(data))])
+    assert env.activate() == str(env.target)
+    assert env.lines == []
+    assert env.read(f"{SHARE}/layer") == "nopad"
+    blocks = {path.name: (loop_of(path) / "queue/logical_block_size").read_text().strip()
+              for path in (env.images / padded.image, image)}
+    assert blocks == {padded.image: "4096", image.name: "512"}
