@@ -22,6 +22,18 @@ def which(tool: str) -> str:
     return found
 
 
+def start(argv: Sequence[str | Path]) -> subprocess.Popen[bytes]:
+    """Start an external tool that streams: stdin, stdout and stderr are pipes. Logged as
+    run() logs; the caller waits for it and judges its exit status."""
+    args = [str(a) for a in argv]
+    log.info("start: %s", shlex.join(args))
+    try:
+        return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise ToolError(f"{args[0]}: not found (install the Debian package that provides it)")
+
+
 def run(
     argv: Sequence[str | Path],
     *,

@@ -5,7 +5,8 @@ Nothing is ever written outside the staging folder: member names with `..` or a 
 staging tree (a symlink that would lead out is refused, never followed), files are created
 with O_EXCL|O_NOFOLLOW, hard links must point at files inside the tree, device, fifo and
 socket members are refused, and the decompressed stream is counted so that a layer bigger
-than the limit (a decompression bomb) stops early. Whiteouts follow the OCI image spec
+than the limit (a decompression bomb) stops early. Layers may be plain, gzip or zstd (the
+`zstd` tool: Python's standard library has no zstd before 3.14). Whiteouts follow the OCI image spec
 (layer.md): `.wh.NAME` deletes NAME from lower layers, `.wh..wh..opq` empties a directory
 of what lower layers put there.
 """
@@ -18,11 +19,13 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent.errors import UnpackError
+from agent.errors import ToolError, UnpackError
+from agent.tools import start
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -39,7 +42,7 @@ class LayerTooBig(Exception):
 class CountingReader:
     """A read-only stream that hashes what passes and stops past `limit` bytes."""
 
-    def __init__(self, raw: IO[bytes], limit: int) -> None:
+    def __init__(self, raw: IO[bytes] | ZstdStream, limit: int) -> None:
         self.raw, self.limit, self.count = raw, limit, 0
         self.sha256 = hashlib.sha256()
 
@@ -240,14 +243,62 @@ def unpack_member(state: LayerState, tf: tarfile.TarFile, member: tarfile.TarInf
     state.created.add(path)
 
 
-def open_decompressed(raw: IO[bytes], label: str) -> IO[bytes]:
-    """Undo gzip (or nothing); zstd needs a module Python's standard library lacks here."""
+class ZstdStream:
+    """The decompressed bytes of a zstd stream, through `zstd -d`; a thread feeds it `raw`
+    (which may be a member of an archive, without a file descriptor of its own)."""
+
+    def __init__(self, raw: IO[bytes], label: str) -> None:
+        self.label = label
+        try:
+            self.proc = start(["zstd", "-d", "-c", "-q"])
+        except ToolError as exc:
+            raise UnpackError(f"{label}: zstd-compressed layer: {exc}") from None
+        self.feeder = threading.Thread(target=self.feed, args=(raw,), daemon=True)
+        self.feeder.start()
+
+    def feed(self, raw: IO[bytes]) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            while chunk := raw.read(_CHUNK):
+                stdin.write(chunk)
+        except (OSError, ValueError):
+            pass    # zstd stopped (bad data, or the reader is done): its exit status tells
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def read(self, n: int = -1) -> bytes:
+        assert self.proc.stdout is not None
+        data = self.proc.stdout.read(n if n >= 0 else _CHUNK)
+        if not data and self.proc.wait() != 0:
+            assert self.proc.stderr is not None
+            lines = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
+            why = (lines[-1].removeprefix("zstd: ").removeprefix("/*stdin*\\ : ").strip()
+                   if lines else f"exit status {self.proc.returncode}")
+            raise UnpackError(f"{self.label}: not a valid zstd stream: {why}")
+        return data
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.feeder.join()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def open_decompressed(raw: IO[bytes], label: str) -> IO[bytes] | ZstdStream:
+    """Undo gzip or zstd, or nothing for a plain tar."""
     head = raw.read(4)
     raw.seek(0)
     if head.startswith(_GZIP_MAGIC):
         return gzip.GzipFile(fileobj=raw, mode="rb")     # type: ignore[return-value]
     if head == _ZSTD_MAGIC:
-        raise UnpackError(f"{label}: zstd-compressed layers are not supported")
+        return ZstdStream(raw, label)
     return raw
 
 
@@ -255,7 +306,8 @@ def unpack_layer(raw: IO[bytes], root: Path, label: str, max_size: int,
                  diff_id: str | None = None) -> dict[str, int]:
     """Unpack one layer stream over `root`; return folder modes to apply when all are done."""
     state = LayerState(str(root), label, max_size)
-    reader = CountingReader(open_decompressed(raw, label), max_size)
+    stream = open_decompressed(raw, label)
+    reader = CountingReader(stream, max_size)
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]
             for member in tf:
@@ -268,6 +320,9 @@ def unpack_layer(raw: IO[bytes], root: Path, label: str, max_size: int,
         if isinstance(exc, OSError) and exc.filename:
             raise UnpackError(f"{label}: cannot write {exc.filename}: {exc.strerror}") from None
         raise UnpackError(f"{label}: not a valid tar layer: {exc}") from None
+    finally:
+        if isinstance(stream, ZstdStream):
+            stream.close()
     if diff_id is not None and f"sha256:{reader.sha256.hexdigest()}" != diff_id:
         raise UnpackError(f"{label}: uncompressed content does not match its diff_id "
                           f"{diff_id}")

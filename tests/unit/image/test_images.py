@@ -87,6 +87,20 @@ def test_fetch_round_trip(tmp_path: Path, transport: str) -> None:
         assert ext.digest == digest
 
 
+def test_fetch_zstd_layers_as_skopeo_writes_them(tmp_path: Path) -> None:
+    """podman and skopeo can push `tar+zstd` layers; they unpack as the gzip ones do."""
+    out, _ = packed(tmp_path)
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-compress-format", "zstd",
+                    "--dest-compress", f"oci-archive:{out}", f"oci:{tmp_path}/layout:z"],
+                   check=True)
+    manifest = json.loads((tmp_path / "layout/index.json").read_text())["manifests"][0]
+    blob = tmp_path / "layout/blobs" / manifest["digest"].replace(":", "/")
+    layers = json.loads(blob.read_text())["layers"]
+    assert [la["mediaType"] for la in layers] == ["application/vnd.oci.image.layer.v1.tar+zstd"]
+    ext = fetch_extension(f"oci:{tmp_path}/layout:z", tmp_path / "staging", FetchOptions())
+    assert tree(ext.root) == tree(VALID)
+
+
 def test_pack_refuses_invalid_folder(tmp_path: Path) -> None:
     out = tmp_path / "bad.tar"
     with pytest.raises(ValidationFailed) as exc:

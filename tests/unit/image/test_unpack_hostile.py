@@ -7,9 +7,11 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent.errors import UnpackError
@@ -194,11 +196,38 @@ def test_diff_id_mismatch_is_refused(arena: tuple[Path, Path]) -> None:
                               "sha256:" + "0" * 64)
 
 
-def test_zstd_and_garbage_are_one_line(arena: tuple[Path, Path]) -> None:
+def zstd_of(data: bytes) -> bytes:
+    return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True,
+                          check=True).stdout
+
+
+def test_zstd_layer_unpacks_as_gzip_does(tmp_path: Path) -> None:
+    members = (M("etc", "dir"), M("etc/a", data=b"alpha"), M("etc/l", "sym", link="a"))
+    trees = {}
+    for name, data in (("gzip", layer(*members, gz=True)), ("zstd", zstd_of(layer(*members)))):
+        (tmp_path / name).mkdir()
+        unpack(tmp_path / name, data)
+        trees[name] = snapshot(tmp_path / name, tmp_path / "none")
+    assert trees["zstd"] == trees["gzip"] and "etc/a" in trees["zstd"]
+
+
+def test_zstd_bomb_stops_at_the_limit_and_reaps_zstd(arena: tuple[Path, Path]) -> None:
     staging, _ = arena
     with pytest.raises(UnpackError) as exc:
-        unpack(staging, b"\x28\xb5\x2f\xfd" + bytes(100))
-    assert str(exc.value) == "src: layer 0: zstd-compressed layers are not supported"
+        unpack(staging, zstd_of(layer(M("zeros", data=bytes(8 * LIMIT)))))
+    assert str(exc.value) == f"src: layer 0: unpacks to more than the limit of {LIMIT} bytes " \
+        "(see --max-layer-size)"
+    assert not [p for p in psutil.Process().children() if p.name() == "zstd"]
+
+
+def test_bad_zstd_and_garbage_are_one_line(arena: tuple[Path, Path]) -> None:
+    staging, _ = arena
+    for bad in (b"\x28\xb5\x2f\xfd" + bytes(100), zstd_of(layer(M("f")))[:-9]):
+        with pytest.raises(UnpackError) as exc:
+            unpack(staging, bad)
+        message = str(exc.value)
+        assert message.startswith("src: layer 0: not a valid zstd stream: ")
+        assert "\n" not in message and len(message) > len("src: layer 0: not a valid zstd stream: ")
     with pytest.raises(UnpackError) as exc:
         unpack(staging, b"not a tar at all" * 100)
     assert str(exc.value).startswith("src: layer 0: not a valid tar layer: ")
