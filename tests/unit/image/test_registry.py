@@ -63,9 +63,10 @@ def test_wrong_digest_is_refused(registry: Registry, pushed: tuple[str, str],
     source = f"docker://{ref.rsplit(':', 1)[0]}@{wrong}"
     with pytest.raises(SourceError) as exc:
         fetch_extension(source, tmp_path, insecure(registry))
-    assert str(exc.value) == (f"{source}: cannot fetch from {registry.host}: reading manifest "
-                              f"{wrong} in {ref.rsplit(':', 1)[0]}: manifest unknown: "
-                              "manifest unknown")
+    # skopeo's own words differ between releases (Debian 12: 1.9, Debian 13: 1.18)
+    message = str(exc.value)
+    assert message.startswith(f"{source}: cannot fetch from {registry.host}: ")
+    assert "manifest unknown" in message and "\n" not in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -105,5 +106,5 @@ def test_unreachable_registry_is_one_line(tmp_path: Path,
     source = f"docker://{host}/ext/x:1"
     assert main(["validate", source, "--insecure-registry", host]) == 1
     out = capsys.readouterr().out
-    assert out == (f"{source}: cannot fetch from {host}: pinging container registry {host}: "
-                   f'Get "http://{host}/v2/": dial tcp {host}: connect: connection refused\n')
+    assert out.startswith(f"{source}: cannot fetch from {host}: ")
+    assert "connection refused" in out and out.count("\n") == 1
