@@ -8,7 +8,7 @@ declare -A want=(
   [qemu-system-x86_64]=qemu-system-x86 [skopeo]=skopeo
   [docker-registry]=docker-registry [busybox]=busybox-static
   [zstd]=zstd [xz]=xz-utils [lz4]=lz4 [cpio]=cpio [depmod]=kmod [modprobe]=kmod
-  [mkfs.ext4]=e2fsprogs [unshare]=util-linux [losetup]=mount
+  [mkfs.ext4]=e2fsprogs [sfdisk]=fdisk [unshare]=util-linux [losetup]=mount
   [dpkg-deb]=dpkg [apt-get]=apt
 )
 missing=()

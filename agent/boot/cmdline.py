@@ -15,7 +15,7 @@ DEFAULT_ROOT_WAIT = 30.0  # seconds to wait for root= without rootdelay=/rootwai
 _TRUE = ("", "1", "y", "yes", "true", "on")
 _FALSE = ("0", "n", "no", "false", "off")
 _OWN_FLAGS = ("disable", "strict", "debug")
-_ROOT_SYNTAX = "expected /dev/NAME, UUID=, LABEL= or PARTUUID="
+_ROOT_SYNTAX = "expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL="
 
 
 class RootKind:
@@ -25,6 +25,7 @@ class RootKind:
     UUID = "UUID"
     LABEL = "LABEL"
     PARTUUID = "PARTUUID"
+    PARTLABEL = "PARTLABEL"   # a GPT partition's name
 
 
 class RootSpec(Value):
@@ -55,6 +56,7 @@ class BootParams(Value):
         "rootflags",
         "rootfstype",
         "rootwait",
+        "rootwait_limit",
         "rw_requested",
         "skip",
         "strict",
@@ -67,6 +69,7 @@ class BootParams(Value):
     init: str
     init_args: tuple[str, ...]
     rootwait: bool
+    rootwait_limit: float | None  # rootwait=N (Linux 6.5+): at most N s; bare rootwait: forever
     rootdelay: float | None
     panic: int                 # >0 reboot after N s, <0 at once, 0 hang
     quiet: bool
@@ -80,20 +83,21 @@ class BootParams(Value):
     def __init__(self, root: RootSpec | None = None, rootfstype: str | None = None,
                  rootflags: str | None = None, rw_requested: bool = False,
                  init: str = DEFAULT_INIT, init_args: tuple[str, ...] = (),
-                 rootwait: bool = False, rootdelay: float | None = None, panic: int = 0,
+                 rootwait: bool = False, rootwait_limit: float | None = None,
+                 rootdelay: float | None = None, panic: int = 0,
                  quiet: bool = False, disable: bool = False, skip: frozenset[str] = frozenset(),
                  strict: bool = False, debug: bool = False, test_token: str | None = None,
                  notes: tuple[str, ...] = ()) -> None:
         self._set(root=root, rootfstype=rootfstype, rootflags=rootflags,
                   rw_requested=rw_requested, init=init, init_args=init_args, rootwait=rootwait,
-                  rootdelay=rootdelay, panic=panic, quiet=quiet, disable=disable, skip=skip,
+                  rootwait_limit=rootwait_limit, rootdelay=rootdelay, panic=panic, quiet=quiet, disable=disable, skip=skip,
                   strict=strict, debug=debug, test_token=test_token, notes=notes)
 
     @property
     def root_timeout(self) -> float | None:
         """Seconds to wait for the root device; None = forever."""
         if self.rootwait:
-            return None
+            return self.rootwait_limit
         return DEFAULT_ROOT_WAIT if self.rootdelay is None else self.rootdelay
 
 
@@ -125,11 +129,12 @@ def split_cmdline(text: str) -> tuple[list[str], list[str]]:
 def parse_root(value: str) -> RootSpec:
     """`root=` value -> RootSpec; unknown syntax raises BootError."""
     aliases = {"/dev/disk/by-uuid/": RootKind.UUID, "/dev/disk/by-label/": RootKind.LABEL,
-               "/dev/disk/by-partuuid/": RootKind.PARTUUID}
+               "/dev/disk/by-partuuid/": RootKind.PARTUUID,
+               "/dev/disk/by-partlabel/": RootKind.PARTLABEL}
     for prefix, kind in aliases.items():
         if value.startswith(prefix) and len(value) > len(prefix):
             return _tagged(kind, value[len(prefix):], value)
-    for kind in (RootKind.UUID, RootKind.LABEL, RootKind.PARTUUID):
+    for kind in (RootKind.UUID, RootKind.LABEL, RootKind.PARTUUID, RootKind.PARTLABEL):
         tag = f"{kind}="
         if value.upper().startswith(tag) and value[:len(tag)] == tag:
             return _tagged(kind, value[len(tag):], value)
@@ -141,9 +146,10 @@ def parse_root(value: str) -> RootSpec:
 def _tagged(kind: str, rest: str, original: str) -> RootSpec:
     if not rest:
         raise BootError(f"root={original}: empty {kind}")
-    if kind != RootKind.LABEL and not all(c in "0123456789abcdefABCDEF-" for c in rest):
+    named = kind in (RootKind.LABEL, RootKind.PARTLABEL)     # names keep their case
+    if not named and not all(c in "0123456789abcdefABCDEF-" for c in rest):
         raise BootError(f"root={original}: {kind} must be hexadecimal digits and dashes")
-    return RootSpec(kind, rest if kind == RootKind.LABEL else rest.lower())
+    return RootSpec(kind, rest if named else rest.lower())
 
 
 def parse_cmdline(text: str) -> BootParams:
@@ -183,6 +189,8 @@ def _apply(key: str, has_value: bool, value: str, values: dict[str, object], ski
             raise BootError(f"panic={value}: not an integer") from None
     elif key in ("rootwait", "quiet") and not has_value:
         values[key] = True
+    elif key == "rootwait" and has_value:
+        values["rootwait"], values["rootwait_limit"] = True, _number(key, value)
     elif key == "ro" and not has_value:
         values["rw_requested"] = False
     elif key == "rw" and not has_value:

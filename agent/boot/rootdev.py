@@ -3,8 +3,9 @@
 
 On-disk facts: ext2/3/4 superblock at byte 1024, magic 0xEF53 at 1080, UUID at
 1024+0x68, volume name at 1024+0x78; squashfs starts with "hsqs"; GPT header "EFI PART"
-at LBA 1 with the partition entries' unique GUID at entry offset 16; an MBR disk's
-PARTUUID is its signature (offset 440) and the partition number, "SSSSSSSS-NN".
+at LBA 1 with the partition entries' unique GUID at entry offset 16 and their name
+(PARTLABEL, UTF-16LE, 36 units) at offset 56; an MBR disk's PARTUUID is its signature
+(offset 440) and the partition number, "SSSSSSSS-NN" (MBR partitions have no names).
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def probe_filesystem(path: str) -> FsInfo | None:
     return None
 
 
-def read_partuuids(path: str, sector: int = 512) -> dict[int, str]:
-    """Partition number -> PARTUUID from a GPT (preferred) or MBR partition table."""
+def read_partitions(path: str, sector: int = 512) -> dict[int, tuple[str, str]]:
+    """Partition number -> (PARTUUID, PARTLABEL) from a GPT (preferred) or MBR table."""
     try:
         with open(path, "rb") as fh:
             mbr = fh.read(512)
@@ -83,26 +84,41 @@ def read_partuuids(path: str, sector: int = 512) -> dict[int, str]:
     return _mbr_entries(mbr)
 
 
-def _gpt_entries(table: bytes, size: int) -> dict[int, str]:
-    out: dict[int, str] = {}
+def _gpt_entries(table: bytes, size: int) -> dict[int, tuple[str, str]]:
+    out: dict[int, tuple[str, str]] = {}
     for index in range(len(table) // size if size >= 128 else 0):
         entry = table[index * size:(index + 1) * size]
         if entry[:16] != bytes(16):
-            out[index + 1] = format_guid(entry[16:32])
+            out[index + 1] = (format_guid(entry[16:32]), decode_utf16le(entry[56:128]))
     return out
 
 
-def _mbr_entries(mbr: bytes) -> dict[int, str]:
+def decode_utf16le(raw: bytes) -> str:
+    """Up to the first NUL; by hand, since the initramfs runtime carries no UTF-16 codec."""
+    units = struct.unpack(f"<{len(raw) // 2}H", raw[:len(raw) // 2 * 2])
+    chars: list[str] = []
+    i = 0
+    while i < len(units) and units[i]:
+        unit = units[i]
+        if 0xD800 <= unit < 0xDC00 and i + 1 < len(units) and 0xDC00 <= units[i + 1] < 0xE000:
+            unit = 0x10000 + ((unit - 0xD800) << 10) + (units[i + 1] - 0xDC00)   # a pair
+            i += 1
+        chars.append(chr(unit))
+        i += 1
+    return "".join(chars)
+
+
+def _mbr_entries(mbr: bytes) -> dict[int, tuple[str, str]]:
     if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
         return {}
     signature = struct.unpack_from("<I", mbr, 440)[0]
-    out: dict[int, str] = {}
+    out: dict[int, tuple[str, str]] = {}
     for index in range(4):
         ptype = mbr[446 + 16 * index + 4]
         if ptype == MBR_PROTECTIVE:
             return {}
         if ptype:
-            out[index + 1] = f"{signature:08x}-{index + 1:02x}"
+            out[index + 1] = (f"{signature:08x}-{index + 1:02x}", "")
     return out
 
 
@@ -119,8 +135,10 @@ def _read(path: str) -> str:
         return fh.read().decode().strip()
 
 
-def find_by_partuuid(partuuid: str, sys_block: str = SYS_BLOCK, dev: str = "/dev") -> str | None:
-    tables: dict[str, dict[int, str]] = {}
+def find_partition(spec: RootSpec, sys_block: str = SYS_BLOCK, dev: str = "/dev") -> str | None:
+    """The partition whose PARTUUID or PARTLABEL `spec` names."""
+    field = 0 if spec.kind == RootKind.PARTUUID else 1
+    tables: dict[str, dict[int, tuple[str, str]]] = {}
     for name in _block_devices(sys_block):
         entry = os.path.join(sys_block, name)
         try:
@@ -128,10 +146,11 @@ def find_by_partuuid(partuuid: str, sys_block: str = SYS_BLOCK, dev: str = "/dev
             disk = os.path.basename(os.path.dirname(os.path.realpath(entry)))
             if disk not in tables:
                 sector = int(_read(os.path.join(sys_block, disk, "queue", "logical_block_size")))
-                tables[disk] = read_partuuids(os.path.join(dev, disk), sector)
+                tables[disk] = read_partitions(os.path.join(dev, disk), sector)
         except (OSError, ValueError):
             continue
-        if tables[disk].get(number) == partuuid:
+        ids = tables[disk].get(number)
+        if ids is not None and ids[field] == spec.value:
             return os.path.join(dev, name)
     return None
 
@@ -140,8 +159,8 @@ def find_device(spec: RootSpec, sys_block: str = SYS_BLOCK, dev: str = "/dev") -
     """The device node for root=, or None while it has not appeared."""
     if spec.kind == RootKind.PATH:
         return spec.value if os.path.exists(spec.value) else None
-    if spec.kind == RootKind.PARTUUID:
-        return find_by_partuuid(spec.value, sys_block, dev)
+    if spec.kind in (RootKind.PARTUUID, RootKind.PARTLABEL):
+        return find_partition(spec, sys_block, dev)
     for name in _block_devices(sys_block):
         info = probe_filesystem(os.path.join(dev, name))
         if info is None:

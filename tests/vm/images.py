@@ -79,6 +79,31 @@ def root_images(cache: Path = CACHE) -> tuple[Path, Path]:
     return sqsh, ext4
 
 
+GPT_ROOT_LABEL = "oa-root-b"
+
+
+def gpt_disk(ext4: Path) -> Path:
+    """A GPT disk: partition 1 "oa-root-a" (empty), partition 2 "oa-root-b" holding `ext4`;
+    for root=PARTLABEL=. Written beside `ext4`, once."""
+    disk = ext4.with_name("gpt.img")
+    if disk.exists():
+        return disk
+    sectors = -(-ext4.stat().st_size // 512)
+    tmp = disk.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        f.truncate((4096 + sectors + 2048) * 512)     # room for the backup GPT at the end
+    script = ("label: gpt\n"
+              'start=2048, size=2048, name="oa-root-a"\n'
+              f'start=4096, size={sectors}, name="{GPT_ROOT_LABEL}"\n')
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", tmp], input=script.encode(),
+        capture=True)
+    with tmp.open("r+b") as f:
+        f.seek(4096 * 512)
+        f.write(ext4.read_bytes())
+    os.replace(tmp, disk)
+    return disk
+
+
 def initramfs(kernel: Kernel, root_image: Path | None, cache: Path = CACHE) -> Path:
     """The initramfs from the real builder for `kernel`, with /rootfs.sqsh when given."""
     image_key = b"" if root_image is None else root_image.read_bytes()

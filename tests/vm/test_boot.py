@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from images import EXT4_UUID, Machine
+from images import EXT4_UUID, GPT_ROOT_LABEL, Machine, gpt_disk
 from qemu import BootResult
 
 HANDED_OVER = re.compile(r"ROOT-INIT pid=1 root=ro api= /dev /proc /sys /run args=(.*) "
@@ -57,6 +57,13 @@ def test_c_ext4_disk_by_uuid(machine: Machine, token: str) -> None:
                           disk=machine.root_ext4, token=token)
     assert_booted(result, token, f"root UUID={EXT4_UUID} (ext4) mounted read-only")
     assert "overlay-agent: rw ignored: the root is always mounted read-only" in result.output
+
+
+def test_c2_gpt_partition_by_partlabel(machine: Machine, token: str) -> None:
+    """root=PARTLABEL= (the GPT partition name, read by the agent) with rootwait=N."""
+    result = machine.boot("c2", f"root=PARTLABEL={GPT_ROOT_LABEL} rootwait=20 panic=-1",
+                          with_root=False, disk=gpt_disk(machine.root_ext4), token=token)
+    assert_booted(result, token, f"root PARTLABEL={GPT_ROOT_LABEL} (ext4) mounted read-only")
 
 
 def test_d_root_never_appears(machine: Machine) -> None:

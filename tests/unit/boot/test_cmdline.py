@@ -35,19 +35,21 @@ def test_split(text: str, kernel: list[str], init: list[str]) -> None:
     ("/dev/disk/by-uuid/abcd-ef", RootSpec(RootKind.UUID, "abcd-ef")),
     ("/dev/disk/by-label/root", RootSpec(RootKind.LABEL, "root")),
     ("/dev/disk/by-partuuid/1234abcd-02", RootSpec(RootKind.PARTUUID, "1234abcd-02")),
+    ("PARTLABEL=Root A", RootSpec(RootKind.PARTLABEL, "Root A")),
+    ("/dev/disk/by-partlabel/root-b", RootSpec(RootKind.PARTLABEL, "root-b")),
 ])
 def test_parse_root(value: str, expected: RootSpec) -> None:
     assert parse_root(value) == expected
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("sda1", "root=sda1: unknown syntax (expected /dev/NAME, UUID=, LABEL= or PARTUUID=)"),
-    ("fe01", "root=fe01: unknown syntax (expected /dev/NAME, UUID=, LABEL= or PARTUUID=)"),
-    ("/dev/", "root=/dev/: unknown syntax (expected /dev/NAME, UUID=, LABEL= or PARTUUID=)"),
+    ("sda1", "root=sda1: unknown syntax (expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
+    ("fe01", "root=fe01: unknown syntax (expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
+    ("/dev/", "root=/dev/: unknown syntax (expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
     ("/dev/../etc/x",
-     "root=/dev/../etc/x: unknown syntax (expected /dev/NAME, UUID=, LABEL= or PARTUUID=)"),
-    ("PARTLABEL=x",
-     "root=PARTLABEL=x: unknown syntax (expected /dev/NAME, UUID=, LABEL= or PARTUUID=)"),
+     "root=/dev/../etc/x: unknown syntax (expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
+    ("partlabel=x",
+     "root=partlabel=x: unknown syntax (expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
     ("UUID=", "root=UUID=: empty UUID"),
     ("UUID=xyz", "root=UUID=xyz: UUID must be hexadecimal digits and dashes"),
     ("PARTUUID=1234abcd-01/PARTNROFF=1",
@@ -85,6 +87,8 @@ def test_everything() -> None:
 @pytest.mark.parametrize(("text", "timeout"), [
     ("rootwait", None),
     ("rootwait rootdelay=4", None),
+    ("rootwait=5", 5.0),                  # Linux 6.5+: wait at most 5 s
+    ("rootwait=0.5 rootdelay=4", 0.5),
     ("rootdelay=0", 0.0),
     ("root=/dev/vda ro", DEFAULT_ROOT_WAIT),
 ])
@@ -94,7 +98,9 @@ def test_root_timeout(text: str, timeout: float | None) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("root=sda1", "kernel command line: root=sda1: unknown syntax "
-                  "(expected /dev/NAME, UUID=, LABEL= or PARTUUID=)"),
+                  "(expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
+    ("rootwait=soon", "kernel command line: rootwait=soon: not a number of seconds"),
+    ("root=PARTLABEL=", "kernel command line: root=PARTLABEL=: empty PARTLABEL"),
     ("init=sbin/init", "kernel command line: init=sbin/init: not an absolute path"),
     ("panic=soon", "kernel command line: panic=soon: not an integer"),
     ("rootdelay=-1", "kernel command line: rootdelay=-1: not a number of seconds"),
@@ -103,7 +109,7 @@ def test_root_timeout(text: str, timeout: float | None) -> None:
      "kernel command line: overlay_agent.strict=maybe: not a yes/no value"),
     ("panic=x rootdelay=y root=z",
      "kernel command line: panic=x: not an integer; rootdelay=y: not a number of seconds; "
-     "root=z: unknown syntax (expected /dev/NAME, UUID=, LABEL= or PARTUUID=)"),
+     "root=z: unknown syntax (expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
 ])
 def test_rejects(text: str, message: str) -> None:
     with pytest.raises(BootError) as info:

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from agent.boot.cmdline import RootKind, RootSpec
-from agent.boot.rootdev import FsInfo, find_device, probe_filesystem, read_partuuids
+from agent.boot.rootdev import FsInfo, find_device, probe_filesystem, read_partitions
 from agent.tools import run
 
 EXT_UUID = "6f1c2a3b-4d5e-4f60-8172-93a4b5c6d7e8"
 PART_GUIDS = ("0fc63daf-8483-4772-8e79-3d69d8477de4", "a2a0d0eb-e5b9-3344-87c0-68b6b72699c7")
+PART_NAMES = ("EFI system", "rootfs-\u00e9t\u00e9 \U0001f680")   # UTF-16: surrogate pairs too
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def squashfs_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "root.sqsh"
 
 
-def gpt_disk(path: Path, guids: tuple[str, ...], sector: int = 512) -> None:
+def gpt_disk(path: Path, guids: tuple[str, ...], sector: int = 512,
+             names: tuple[str, ...] = PART_NAMES) -> None:
     """A minimal GPT: header at LBA 1, 128-byte entries from LBA 2 (UEFI spec 5.3)."""
     header = bytearray(sector)
     header[:8] = b"EFI PART"
@@ -42,6 +44,8 @@ def gpt_disk(path: Path, guids: tuple[str, ...], sector: int = 512) -> None:
     for i, guid in enumerate(guids):
         entries[i * 128:i * 128 + 16] = uuid.UUID(PART_GUIDS[0]).bytes_le  # type GUID
         entries[i * 128 + 16:i * 128 + 32] = uuid.UUID(guid).bytes_le
+        name = names[i].encode("utf-16-le")
+        entries[i * 128 + 56:i * 128 + 56 + len(name)] = name
     path.write_bytes(bytes(sector) + header + entries + bytes(sector * 8))
 
 
@@ -69,29 +73,31 @@ def test_probe_unknown(tmp_path: Path, content: bytes) -> None:
     assert probe_filesystem(str(tmp_path / "missing")) is None
 
 
-def test_gpt_partuuids(tmp_path: Path) -> None:
+def test_gpt_partitions(tmp_path: Path) -> None:
     gpt_disk(tmp_path / "disk", PART_GUIDS)
-    assert read_partuuids(str(tmp_path / "disk")) == {1: PART_GUIDS[0], 2: PART_GUIDS[1]}
+    assert read_partitions(str(tmp_path / "disk")) == {1: (PART_GUIDS[0], PART_NAMES[0]),
+                                                       2: (PART_GUIDS[1], PART_NAMES[1])}
 
 
-def test_gpt_4k_sectors(tmp_path: Path) -> None:
-    gpt_disk(tmp_path / "disk", PART_GUIDS[1:], sector=4096)
-    assert read_partuuids(str(tmp_path / "disk"), 4096) == {1: PART_GUIDS[1]}
+def test_gpt_4k_sectors_and_a_full_length_name(tmp_path: Path) -> None:
+    gpt_disk(tmp_path / "disk", PART_GUIDS[1:], sector=4096, names=("n" * 36,))
+    assert read_partitions(str(tmp_path / "disk"), 4096) == {1: (PART_GUIDS[1], "n" * 36)}
 
 
 @pytest.mark.parametrize(("types", "expected"), [
-    ((0x83, 0, 0x83), {1: "1234abcd-01", 3: "1234abcd-03"}),
+    ((0x83, 0, 0x83), {1: ("1234abcd-01", ""), 3: ("1234abcd-03", "")}),
     ((0xEE,), {}),   # protective MBR of a GPT disk whose header is missing
     ((), {}),
 ])
-def test_mbr_partuuids(tmp_path: Path, types: tuple[int, ...], expected: dict[int, str]) -> None:
+def test_mbr_partitions(tmp_path: Path, types: tuple[int, ...],
+                        expected: dict[int, tuple[str, str]]) -> None:
     mbr_disk(tmp_path / "disk", 0x1234ABCD, types)
-    assert read_partuuids(str(tmp_path / "disk")) == expected
+    assert read_partitions(str(tmp_path / "disk")) == expected
 
 
 def test_not_a_partition_table(tmp_path: Path) -> None:
     (tmp_path / "disk").write_bytes(bytes(8192))
-    assert read_partuuids(str(tmp_path / "disk")) == {}
+    assert read_partitions(str(tmp_path / "disk")) == {}
 
 
 @pytest.fixture
@@ -122,6 +128,10 @@ def fake_system(tmp_path: Path, ext4_image: Path, squashfs_image: Path) -> tuple
     (RootSpec(RootKind.LABEL, "Demo-Root"), None),
     (RootSpec(RootKind.PARTUUID, PART_GUIDS[1]), "vda2"),
     (RootSpec(RootKind.PARTUUID, "00000000-01"), None),
+    (RootSpec(RootKind.PARTLABEL, PART_NAMES[1]), "vda2"),
+    (RootSpec(RootKind.PARTLABEL, "EFI system"), "vda1"),
+    (RootSpec(RootKind.PARTLABEL, "efi system"), None),      # names are case-sensitive
+    (RootSpec(RootKind.PARTLABEL, "demo-root"), None),       # a filesystem label is not one
     (RootSpec(RootKind.UUID, "00000000-0000-0000-0000-000000000000"), None),
 ])
 def test_find_device(fake_system: tuple[str, str], spec: RootSpec, found: str | None) -> None:
