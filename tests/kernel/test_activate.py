@@ -560,3 +560,42 @@ def test_unpadded_image_gets_512_byte_blocks(env: Env, image_cache: Callable[[in
     blocks = {path.name: (loop_of(path) / "queue/logical_block_size").read_text().strip()
               for path in (env.images / padded.image, image)}
     assert blocks == {padded.image: "4096", image.name: "512"}
+
+
+def test_read_error_fails_that_layer_only(env: Env, image_cache: Callable[[int], Path],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    env.add(image_cache, [0, 1, 2])
+    bad = env.images / image_cache(1).name
+    real = os.preadv
+
+    def failing(fd: int, buffers: list[bytearray], offset: int) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(bad):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", failing)
+    assert env.activate() == str(env.target)
+    monkeypatch.undo()
+    phases = [e.phase for e in read_status(env.settings.status_path).extensions]
+    assert phases == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
+    assert env.lines == [f"extension 001-ext1: failed: cannot read {bad}: Input/output error"]
+    assert env.read(f"{SHARE}/layer") == "2"
+    assert still_attached([bad]) == []
+
+
+def test_without_threads_the_main_thread_does_it_all(env: Env,
+                                                     image_cache: Callable[[int], Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """No thread can be started (a tight pid limit): checks and mounts still all happen."""
+    import _thread
+
+    def refuse(*args: object) -> int:
+        raise RuntimeError("can't start new thread")
+
+    env.add(image_cache, [0, 1, 2, 3])
+    monkeypatch.setattr(_thread, "start_new_thread", refuse)
+    assert env.activate() == str(env.target)
+    monkeypatch.undo()
+    phases = [e.phase for e in read_status(env.settings.status_path).extensions]
+    assert phases == [Phase.ACTIVE] * 4 and env.lines == []
+    assert env.read(f"{SHARE}/layer") == "3"
