@@ -47,6 +47,11 @@ class _Char(_Simple):
     _type_ = "c"
 
 
+class _StatfsBuffer(_CArray):    # struct statfs is 120 bytes on x86_64
+    _type_ = _Char
+    _length_ = 128
+
+
 class _Libc:
     """The process's own symbols (libc included), as ctypes.CDLL(None) finds them."""
 
@@ -195,11 +200,7 @@ TMPFS_MAGIC = 0x01021994
 
 def statfs_type(path: str) -> int:
     """f_type of statfs(2): the first field (a long) of struct statfs on x86_64."""
-    class Buffer(_CArray):
-        _type_ = _Char
-        _length_ = 128
-
-    buf = Buffer()
+    buf = _StatfsBuffer()
     if _statfs(_b(path), buf) != 0:
         raise _fail(path)
     return int.from_bytes(bytes(buf)[:8], "little") & 0xFFFFFFFF

@@ -16,7 +16,6 @@ mount half's modules (agent.syscalls loads libffi) load while the checks already
 
 from __future__ import annotations
 
-import _thread
 import os
 import time
 
@@ -24,8 +23,13 @@ from agent import listfile, statusfile
 from agent.boot import overlay
 from agent.boot.values import Value
 from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
+from agent.boot.workers import share_out
 from agent.errors import BootError, ListFileError
 from agent.listfile import ListEntry
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MOUNT_THREADS = 3  # mounts at once; they mostly wait on the loop worker (2 to 4: alike here)
 LOOP_BLOCK = 4096
@@ -86,34 +90,11 @@ def mount_in_order(cands: list[Candidate], staging_dir: str) -> None:
     """Mount every candidate that passes its checks, several at a time: a squashfs mount
     mostly waits for the loop device's kernel worker, so a few threads overlap the waits
     (and the checks still running). Each takes the next layer in list order."""
-    lock = _thread.allocate_lock()
-    queue = iter(cands)
-    threads = max(1, min(len(cands), MOUNT_THREADS))
+    def work(take: Callable[[], Candidate | None]) -> None:
+        while (cand := take()) is not None:
+            mount_checked(cand, os.path.join(staging_dir, str(cand.index)))
 
-    def work(finished: _thread.LockType | None = None) -> None:
-        try:
-            while True:
-                with lock:
-                    cand = next(queue, None)
-                if cand is None:
-                    return
-                mount_checked(cand, os.path.join(staging_dir, str(cand.index)))
-        finally:
-            if finished is not None:
-                finished.release()
-
-    finished = [_thread.allocate_lock() for _ in range(threads - 1)]
-    for done in finished:
-        done.acquire()
-        try:
-            _thread.start_new_thread(work, (done,))
-        except RuntimeError:   # no more threads: the ones running (and this one) do it all
-            done.release()
-            break
-    work()
-    for done in finished:
-        with done:
-            pass
+    share_out(cands, max(1, min(len(cands), MOUNT_THREADS)), work, wait=True)
 
 
 def mount_checked(cand: Candidate, staging: str) -> None:
@@ -382,7 +363,7 @@ def finish_activation(run: Activation, base_root: str, target: str) -> str:
     start = time.monotonic()
     root, api = base_root, statusfile.API_NONE
     try:
-        from agent import syscalls  # noqa: F401 - ctypes loads here, while the checks run
+        from agent import syscalls  # noqa: F401 - libffi loads here, while the checks run
         mount_layers(run)
         root, api = stack_layers(run, base_root, target)
     finally:

@@ -94,7 +94,7 @@ def fallback_params(raw: str) -> BootParams:
     return BootParams(panic=panic, debug="overlay_agent.debug" in raw)
 
 
-def start_checks(params: BootParams) -> Activation:
+def verify_extensions(params: BootParams) -> Activation:
     """Open the extension images and start their sha256 checks in the background: they
     need only the initramfs, so hashing overlaps module loading and the root device wait."""
     return start_activation(ActivationSettings(
@@ -114,7 +114,7 @@ def boot(timer: StepTimer) -> NoReturn:
                 import traceback  # noqa: F401 - loaded now, while the initramfs still exists
             for note in params.notes:
                 say(note, quiet=params.quiet)
-            checks = timer.run("verify", start_checks, params)
+            checks = timer.run("verify", verify_extensions, params)
             timer.run("modules", load_modules)
             root = timer.run("root", mount_root, params, BASE_ROOT, undo)
             say(f"root {root.source} ({root.fstype}) mounted read-only", quiet=params.quiet)

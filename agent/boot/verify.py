@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import os
 
+from agent.boot.workers import share_out
 from agent.listfile import ListEntry
 
 TYPE_CHECKING = False
@@ -111,8 +112,7 @@ def check_digest(cand: Candidate, digest: str) -> None:
 def check_one(cand: Candidate, sha256: Callable[[], Any], buf: bytearray) -> None:
     """The sha256 check of one opened candidate; the outcome lands on `cand`."""
     try:
-        if cand.entry.sha256 and not cand.error:
-            check_digest(cand, hash_fd(cand.fd, cand.path, sha256, buf))
+        check_digest(cand, hash_fd(cand.fd, cand.path, sha256, buf))
     except LayerFailed as exc:
         cand.error = str(exc)
     except Exception as exc:  # a worker thread must not lose a layer silently
@@ -123,29 +123,19 @@ def check_one(cand: Candidate, sha256: Callable[[], Any], buf: bytearray) -> Non
 
 def start_checks(cands: list[Candidate]) -> None:
     """Check every candidate in list order on one thread per core; returns at once."""
-    todo = [c for c in cands if c.entry.sha256 and not c.error]
+    todo = []
     for cand in cands:
-        if not (cand.entry.sha256 and not cand.error):
-            cand.checked.release()
+        if cand.entry.sha256:
+            todo.append(cand)
+        else:
+            cand.checked.release()    # nothing to check
     if not todo:
         return
     sha256 = sha256_constructor(sum(c.size for c in todo))
-    lock = _thread.allocate_lock()
-    queue = iter(todo)
 
-    def work() -> None:
+    def work(take: Callable[[], Candidate | None]) -> None:
         buf = bytearray(CHUNK)
-        while True:
-            with lock:
-                cand = next(queue, None)
-            if cand is None:
-                return
+        while (cand := take()) is not None:
             check_one(cand, sha256, buf)
 
-    threads = max(1, min(len(todo), len(os.sched_getaffinity(0))))
-    for _ in range(threads):
-        try:
-            _thread.start_new_thread(work, ())
-        except RuntimeError:   # no thread at all: check them here, now
-            work()
-            break
+    share_out(todo, min(len(todo), len(os.sched_getaffinity(0))), work, wait=False)
