@@ -1,4 +1,4 @@
-"""JSON for the boot path without the json package: it imports re, about 6 ms here.
+"""JSON for the boot path without the json package, which imports re.
 
 The parsing and the string quoting are json's own C accelerator (_json); only the
 top-level whitespace and the walk over values live here. Output is compact, keys sorted.

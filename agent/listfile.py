@@ -1,74 +1,149 @@
-"""Reading the extension list file, light enough for PID 1.
+"""The extension list file, `/extensions.yaml`: the contract of build, boot and runtime.
 
-agent.contract is the contract (frozen dataclasses, the writer); this module holds its
-paths and its reader's checks, and imports no json, re, enum or dataclasses (together
-about 20 ms on this project's machines), so the boot path can read the list with it
-and contract.parse_list shares the very same checks.
+The build writes it into the initramfs, the boot side reads it and shows it at
+`/etc/extensions.yaml`, `inspect` and the status report from it. Its shape is Talos's
+(`layers: [{image, metadata}]`) plus `version` and, per layer, `kind`, `sha256` and `size`.
+It is written as JSON, which is also YAML (JSON is a subset of YAML 1.2), so PID 1 reads it
+with json's C scanner (agent.lightjson); a list in YAML block style, as Talos writes it,
+is still read, through yaml. Every rule of the format lives here: paths, the image name and
+ID rule, the layer limit, the reader's checks.
 """
 
 from __future__ import annotations
 
 from agent import lightjson
 from agent.errors import ListFileError
+from agent.values import Value
 
 SCHEMA_VERSION = 1
-LIST_PATH = "/extensions.yaml"          # in the initramfs
-IMAGES_DIR = "/extensions"              # squashfs images, in the initramfs
+LIST_PATH = "/extensions.yaml"            # in the initramfs
+IMAGES_DIR = "/extensions"                # squashfs images, in the initramfs
 BOUND_LIST_PATH = "/etc/extensions.yaml"  # the list, shown read-only in the new root
-STATUS_PATH = "/run/overlay-agent/status.json"  # in the booted system
+IMAGE_SUFFIX = ".sqsh"
 MODULES_LAYER_NAME = "modules.dep"
-KINDS = ("extension", "modules")       # contract.LayerKind values
+KIND_EXTENSION = "extension"
+KIND_MODULES = "modules"                  # the synthetic depmod layer, always last (topmost)
+KINDS = (KIND_EXTENSION, KIND_MODULES)
+# overlayfs stacks at most 500 lower layers (OVL_MAX_STACK) and the base root takes one:
+# build refuses a list longer than boot can stack.
+KERNEL_MAX_LOWER = 500
+MAX_LAYERS = KERNEL_MAX_LOWER - 1
 
 
-class ListEntry:
-    """One layer as read from the list, already checked (read-only by convention)."""
+def image_name(index: int, name: str) -> str:
+    """`NNN-NAME.sqsh`: the zero-padded index keeps layer order independent of name sorting."""
+    safe = "".join(c if c in _NAME_CHARS else "-" for c in name).strip(".-") or "extension"
+    return f"{index:03d}-{safe}{IMAGE_SUFFIX}"
 
-    __slots__ = ("author", "compatibility", "description", "image", "kind", "name", "sha256",
-                 "size", "version")
 
-    def __init__(self, image: str, kind: str, sha256: str, size: int, name: str, version: str,
-                 author: str, description: str, compatibility: dict[str, object]) -> None:
-        self.image, self.kind, self.sha256, self.size = image, kind, sha256, size
-        self.name, self.version, self.author = name, version, author
-        self.description, self.compatibility = description, compatibility
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-")
+
+
+def layer_id(image: str) -> str:
+    """The resource ID Talos shows: the image name without `.sqsh`."""
+    return image[:-len(IMAGE_SUFFIX)] if image.endswith(IMAGE_SUFFIX) else image
+
+
+class Metadata(Value):
+    """`metadata` of a Talos manifest.yaml (compatibility kept as the raw mapping)."""
+
+    __slots__ = ("author", "compatibility", "description", "name", "version")
+    name: str
+    version: str
+    author: str
+    description: str
+    compatibility: dict[str, object]
+
+    def __init__(self, name: str, version: str, author: str = "", description: str = "",
+                 compatibility: dict[str, object] | None = None) -> None:
+        self._set(name=name, version=version, author=author, description=description,
+                  compatibility=dict(compatibility or {}))
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "version": self.version,
+                                  "author": self.author, "description": self.description}
+        if self.compatibility:
+            out["compatibility"] = _plain(self.compatibility)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> Metadata:
+        """Check a metadata mapping; ListFileError names `where` and the problem."""
+        if not isinstance(data, dict):
+            raise ListFileError(f"{where}: metadata is not a mapping")
+        for key in ("name", "version"):
+            if key not in data:
+                raise ListFileError(f"{where}: metadata has no {key}")
+        compat = data.get("compatibility") or {}
+        if not isinstance(compat, dict):
+            raise ListFileError(f"{where}: metadata compatibility is not a mapping")
+        return cls(str(data["name"]), str(data["version"]), str(data.get("author") or ""),
+                   str(data.get("description") or ""), compat)
+
+
+class Layer(Value):
+    """One squashfs image, in list order (later layers sit above earlier ones)."""
+
+    __slots__ = ("image", "kind", "metadata", "sha256", "size")
+    image: str            # file name under IMAGES_DIR, e.g. "000-gvisor.sqsh"
+    metadata: Metadata
+    sha256: str           # empty in a Talos-written list: the check is then skipped
+    size: int             # -1 in a Talos-written list
+    kind: str             # one of KINDS
+
+    def __init__(self, image: str, metadata: Metadata, sha256: str = "", size: int = -1,
+                 kind: str = KIND_EXTENSION) -> None:
+        self._set(image=image, metadata=metadata, sha256=sha256, size=size, kind=kind)
 
     @property
     def id(self) -> str:
-        """The resource ID Talos shows: the image name without `.sqsh`."""
-        return self.image[:-5] if self.image.endswith(".sqsh") else self.image
+        return layer_id(self.image)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
 
 
-def check_metadata(data: object, where: str) -> tuple[str, str, str, str, dict[str, object]]:
-    """(name, version, author, description, compatibility) of a layer's metadata."""
-    if not isinstance(data, dict):
-        raise ListFileError(f"{where}: metadata is not a mapping")
-    for key in ("name", "version"):
-        if key not in data:
-            raise ListFileError(f"{where}: metadata has no {key}")
-    compat = data.get("compatibility") or {}
-    if not isinstance(compat, dict):
-        raise ListFileError(f"{where}: metadata compatibility is not a mapping")
-    return (str(data["name"]), str(data["version"]), str(data.get("author") or ""),
-            str(data.get("description") or ""), dict(compat))
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
-def check_entry(raw: object, at: str) -> ListEntry:
+def dump_list(layers: tuple[Layer, ...] | list[Layer]) -> str:
+    """Serialise deterministically (sorted keys, fixed indent): same list, same bytes."""
+    import json  # build side only: PID 1 never writes the list
+
+    doc = {
+        "version": SCHEMA_VERSION,
+        "layers": [
+            {"image": layer.image, "kind": layer.kind, "sha256": layer.sha256,
+             "size": layer.size, "metadata": layer.metadata.to_dict()}
+            for layer in layers
+        ],
+    }
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def check_layer(raw: object, at: str) -> Layer:
     if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
         raise ListFileError(f"{at}: needs an image name")
     image = raw["image"]
     if "/" in image or image in (".", ".."):
         raise ListFileError(f"{at}: image {image!r} is not a plain file name")
-    kind = raw.get("kind", KINDS[0])
+    kind = raw.get("kind", KIND_EXTENSION)
     if kind not in KINDS:
         raise ListFileError(f"{at}: unknown kind {kind!r}")
     size = raw.get("size", -1)
-    if not isinstance(size, int):
+    if not isinstance(size, int) or isinstance(size, bool):
         raise ListFileError(f"{at}: size {size!r} is not an integer")
-    meta = check_metadata(raw.get("metadata") or {}, at)
-    return ListEntry(image, kind, str(raw.get("sha256") or ""), size, *meta)
+    meta = Metadata.from_dict(raw.get("metadata") or {}, at)
+    return Layer(image, meta, str(raw.get("sha256") or ""), size, kind)
 
 
-def check_list(doc: object, where: str) -> tuple[ListEntry, ...]:
+def check_list(doc: object, where: str) -> tuple[Layer, ...]:
     """Check a parsed list document; ListFileError names `where` and the problem."""
     if doc is None:
         return ()
@@ -84,7 +159,7 @@ def check_list(doc: object, where: str) -> tuple[ListEntry, ...]:
         raw_layers = []
     if not isinstance(raw_layers, list):
         raise ListFileError(f"{where}: layers is not a list")
-    return tuple(check_entry(raw, f"{where}: layers[{i}]") for i, raw in enumerate(raw_layers))
+    return tuple(check_layer(raw, f"{where}: layers[{i}]") for i, raw in enumerate(raw_layers))
 
 
 def load_document(text: str, where: str) -> object:
@@ -106,5 +181,6 @@ def load_document(text: str, where: str) -> object:
         raise ListFileError(f"{where}: not valid YAML{at}") from None
 
 
-def read_list(text: str, where: str = LIST_PATH) -> tuple[ListEntry, ...]:
+def read_list(text: str, where: str = LIST_PATH) -> tuple[Layer, ...]:
+    """Parse a list file; ListFileError names `where` when it is unusable."""
     return check_list(load_document(text, where), where)

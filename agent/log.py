@@ -1,8 +1,7 @@
 """Logging for the build-side commands: stdlib logging records rendered by structlog.
 
-The boot path never imports this module: structlog pulls in asyncio and ssl (about
-50 ms), which PID 1 cannot afford. Boot code writes to the console through
-agent.boot.console instead.
+The boot path never imports this module (structlog pulls in asyncio and ssl); boot
+code writes to the console through agent.boot.console instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The boot status file's shape and its atomic writer, light enough for PID 1.
+"""The boot status file, `/run/overlay-agent/status.json`: written once at boot
+(atomically), read by `get extensions` and the metrics in the booted system.
 
-agent.status holds the frozen dataclasses and the reader; both build documents
-with the functions here, so the shape is written down once.
+One home for its shape: the documents the boot path builds, the atomic writer, and the
+reader that checks a file and returns frozen records. Light enough for PID 1 (see the
+boot-path import rule in agent/boot/__init__.py).
 """
 
 from __future__ import annotations
@@ -10,22 +12,32 @@ import os
 import time
 
 from agent import lightjson
+from agent.errors import StatusError
+from agent.listfile import layer_id
+from agent.values import Value
 
+STATUS_PATH = "/run/overlay-agent/status.json"  # in the booted system (/run moves along)
 STATUS_SCHEMA = 1
-ACTIVE, FAILED, SKIPPED = "active", "failed", "skipped"                 # status.Phase
-API_NONE, API_MOUNT, API_FSCONFIG = "none", "mount", "fsconfig"        # status.OverlayApi
+ACTIVE, FAILED, SKIPPED = "active", "failed", "skipped"
+PHASES = (ACTIVE, FAILED, SKIPPED)
+API_NONE = "none"          # no layer active: the bare root
+API_MOUNT = "mount"        # mount(2), the option string fits a page
+API_FSCONFIG = "fsconfig"  # fsopen/fsconfig lowerdir+ (Linux 6.8+)
+OVERLAY_APIS = (API_NONE, API_MOUNT, API_FSCONFIG)
 
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+# ---------------------------------------------------------------- writing (boot path)
+
 def extension_doc(*, index: int, image: str, kind: str, name: str, version: str, phase: str,
                   reason: str, author: str, description: str,
                   compatibility: dict[str, object], created: str,
                   updated: str) -> dict[str, object]:
     """One layer's record; `id` is the image name without .sqsh, as Talos shows it."""
-    return {"index": index, "id": image[:-5] if image.endswith(".sqsh") else image,
+    return {"index": index, "id": layer_id(image),
             "image": image, "kind": kind, "name": name, "version": version, "phase": phase,
             "reason": reason, "author": author, "description": description,
             "compatibility": compatibility, "created": created, "updated": updated}
@@ -54,3 +66,130 @@ def write_json_atomic(path: str, doc: dict[str, object]) -> None:
     finally:
         os.close(fd)
     os.rename(tmp, path)
+
+
+# ---------------------------------------------------------------- reading (runtime)
+
+class ExtensionStatus(Value):
+    """One layer as the boot recorded it."""
+
+    __slots__ = ("author", "compatibility", "created", "description", "id", "image", "index",
+                 "kind", "name", "phase", "reason", "updated", "version")
+    index: int            # position in the list file (0 = lowest layer)
+    id: str               # image name without .sqsh
+    image: str
+    kind: str
+    name: str
+    version: str
+    phase: str            # one of PHASES
+    reason: str
+    author: str
+    description: str
+    compatibility: dict[str, object]
+    created: str          # ISO 8601 UTC, e.g. 2022-02-10T18:25:04Z
+    updated: str
+
+    def __init__(self, *, index: int, id: str, image: str, kind: str, name: str,
+                 version: str, phase: str, reason: str = "", author: str = "",
+                 description: str = "", compatibility: dict[str, object] | None = None,
+                 created: str = "", updated: str = "") -> None:
+        self._set(index=index, id=id, image=image, kind=kind, name=name, version=version,
+                  phase=phase, reason=reason, author=author, description=description,
+                  compatibility=dict(compatibility or {}), created=created, updated=updated)
+
+
+class BootStatus(Value):
+    """The whole status file."""
+
+    __slots__ = ("activated", "disabled", "duration_ms", "extensions", "list_path", "notes",
+                 "overlay", "root", "strict")
+    extensions: tuple[ExtensionStatus, ...]
+    root: str                 # the directory switched into
+    overlay: str              # one of OVERLAY_APIS
+    notes: tuple[str, ...]    # problems not tied to one layer (list file, overlay, bind)
+    disabled: bool
+    strict: bool
+    list_path: str
+    activated: str
+    duration_ms: float
+
+    def __init__(self, *, extensions: tuple[ExtensionStatus, ...] = (), root: str = "",
+                 overlay: str = API_NONE, notes: tuple[str, ...] = (), disabled: bool = False,
+                 strict: bool = False, list_path: str = "", activated: str = "",
+                 duration_ms: float = 0.0) -> None:
+        self._set(extensions=tuple(extensions), root=root, overlay=overlay, notes=tuple(notes),
+                  disabled=disabled, strict=strict, list_path=list_path, activated=activated,
+                  duration_ms=duration_ms)
+
+
+_STR_FIELDS = ("id", "image", "kind", "name", "version", "reason", "author", "description",
+               "created", "updated")
+
+
+def check_extension(raw: object, where: str) -> list[str]:
+    """Every problem of one extension record (pure)."""
+    if not isinstance(raw, dict):
+        return [f"{where}: not an object"]
+    problems = [f"{where}: {key} is not a string" for key in _STR_FIELDS
+                if not isinstance(raw.get(key), str)]
+    if not isinstance(raw.get("index"), int):
+        problems.append(f"{where}: index is not an integer")
+    if raw.get("phase") not in PHASES:
+        problems.append(f"{where}: unknown phase {raw.get('phase')!r}")
+    if not isinstance(raw.get("compatibility"), dict):
+        problems.append(f"{where}: compatibility is not an object")
+    return problems
+
+
+def check_status(doc: object, where: str) -> list[str]:
+    """Every problem of a parsed status document (pure)."""
+    if not isinstance(doc, dict):
+        return [f"{where}: top level is not an object"]
+    if doc.get("schema") != STATUS_SCHEMA:
+        return [f"{where}: unknown status schema {doc.get('schema')!r}"]
+    problems = []
+    if doc.get("overlay") not in OVERLAY_APIS:
+        problems.append(f"{where}: unknown overlay {doc.get('overlay')!r}")
+    if not isinstance(doc.get("notes"), list):
+        problems.append(f"{where}: notes is not a list")
+    exts = doc.get("extensions")
+    if not isinstance(exts, list):
+        return [*problems, f"{where}: extensions is not a list"]
+    for i, raw in enumerate(exts):
+        problems += check_extension(raw, f"{where}: extensions[{i}]")
+    return problems
+
+
+def status_from_doc(doc: dict[str, object]) -> BootStatus:
+    """Build from a document that check_status passed."""
+    exts: list[dict[str, object]] = doc["extensions"]  # type: ignore[assignment]
+    notes: list[object] = doc["notes"]  # type: ignore[assignment]
+    duration = doc.get("duration_ms", 0.0)
+    return BootStatus(
+        extensions=tuple(ExtensionStatus(**{key: e[key] for key in (  # type: ignore[arg-type]
+            "index", "phase", "compatibility", *_STR_FIELDS)}) for e in exts),
+        root=str(doc.get("root", "")), overlay=str(doc["overlay"]),
+        notes=tuple(str(n) for n in notes), disabled=bool(doc.get("disabled")),
+        strict=bool(doc.get("strict")), list_path=str(doc.get("list_path", "")),
+        activated=str(doc.get("activated", "")),
+        duration_ms=float(duration) if isinstance(duration, (int, float)) else 0.0)
+
+
+def read_status(path: str = STATUS_PATH) -> BootStatus:
+    """Load, validate (all problems at once), build; StatusError names the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise StatusError(f"{path}: not found: this system did not boot through "
+                          "overlay-agent") from None
+    except OSError as exc:
+        raise StatusError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        doc = lightjson.loads(text)
+    except ValueError as exc:
+        raise StatusError(f"{path}: not valid JSON ({exc})") from None
+    problems = check_status(doc, path)
+    if problems:
+        raise StatusError("; ".join(problems))
+    return status_from_doc(doc)  # type: ignore[arg-type]

@@ -2,10 +2,8 @@
 
 Every wrapper raises OSError(errno, strerror, path) on failure, so callers can
 wrap it with context. Nothing else in the package calls libc directly. This
-module is on the boot path: it imports only _ctypes, os and fcntl.
-
-It builds its few C types on _ctypes, the C half of ctypes: the ctypes package itself
-costs ~2.3 ms to import on the host (~20x that under emulation) for types not used here.
+module is on the boot path: it imports only _ctypes, os and fcntl, and builds its few C
+types on _ctypes, the C half of ctypes (the package would be a boot-path import).
 x86_64 syscall numbers come from arch/x86/entry/syscalls/syscall_64.tbl.
 """
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from agent import syscalls
 from agent.bake.squash import SquashJob, SquashOptions, squash_one
 from agent.boot import verify
-from agent.contract import ExtensionList, ExtensionMetadata, Layer, dump_list
+from agent.listfile import Layer, Metadata, dump_list
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTS = (1, 10, 50, 100)
@@ -80,7 +80,7 @@ def build_images(folder: Path, count: int) -> list[Layer]:
         squash_one(SquashJob(src, image, src.name), SquashOptions(epoch=1700000000), 1)
         shutil.rmtree(src)
         data = image.read_bytes()
-        layers.append(Layer(image.name, ExtensionMetadata(f"b{i}", "1"),
+        layers.append(Layer(image.name, Metadata(f"b{i}", "1"),
                             hashlib.sha256(data).hexdigest(), len(data)))
     return layers
 
@@ -90,7 +90,7 @@ def prepare(work: Path, layers: list[Layer], pool: Path) -> None:
         (work / d).mkdir()
     for layer in layers:
         os.link(pool / layer.image, work / "images" / layer.image)
-    (work / "extensions.yaml").write_text(dump_list(ExtensionList(tuple(layers))))
+    (work / "extensions.yaml").write_text(dump_list(layers))
     (work / "sums").write_text("".join(f"{la.sha256}  {la.image}\n" for la in layers))
     (work / "entry.py").write_text(ENTRY.format(root=str(ROOT), work=str(work)))
     (work / "stack.sh").write_text(SCRIPT)

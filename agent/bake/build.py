@@ -9,7 +9,6 @@ input and write the output atomically.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent import contract, cpio
+from agent import cpio, listfile
 from agent.bake.config import find_duplicates, read_machine_config
 from agent.bake.depmod import ModulesPlan, build_modules_layer, modules_metadata, plan_modules
 from agent.bake.firmware import firmware_entries, resolve_in_tree
@@ -28,7 +27,6 @@ from agent.image.model import FetchOptions, UnpackedExtension
 from agent.output import write_atomically
 from agent.tools import run
 
-MAX_LAYERS = 500          # overlayfs OVL_MAX_STACK
 Progress = Callable[[str], None]
 
 
@@ -51,7 +49,7 @@ class BuildRequest:
 
 @dataclass(frozen=True)
 class BakedLayer:
-    layer: contract.Layer
+    layer: listfile.Layer
     path: Path            # the built image
 
 
@@ -61,7 +59,7 @@ class BuildResult:
     input_size: int
     archive_size: int
     output_size: int
-    layers: tuple[contract.Layer, ...]
+    layers: tuple[listfile.Layer, ...]
 
 
 # ---------------------------------------------------------------- load + validate
@@ -81,8 +79,9 @@ def gather_sources(request: BuildRequest) -> tuple[list[str], list[str]]:
     if not sources and not problems:
         problems.append("no extensions: give --config with machine.install.extensions "
                         "or --extension SOURCE")
-    if len(sources) > MAX_LAYERS:
-        problems.append(f"{len(sources)} extensions: overlayfs stacks at most {MAX_LAYERS} layers")
+    if len(sources) > listfile.MAX_LAYERS:
+        problems.append(f"{len(sources)} extensions: an overlay stacks at most "
+                        f"{listfile.MAX_LAYERS} above the root")
     return sources, problems
 
 
@@ -109,10 +108,10 @@ def read_input(path: Path) -> tuple[bytes, dict[str, cpio.Entry], list[str]]:
     if not segments:
         return blob, {}, [f"{path}: holds no archive"]
     members = merged_members(segments)
-    if contract.LIST_PATH.strip("/") in members:
+    if listfile.LIST_PATH.strip("/") in members:
         # Baking again on top would keep the old images in RAM, unlisted, at every upgrade.
         return blob, members, [f"{path}: already has extensions baked in "
-                               f"({contract.LIST_PATH}): start from the initramfs without them"]
+                               f"({listfile.LIST_PATH}): start from the initramfs without them"]
     return blob, members, []
 
 
@@ -148,12 +147,6 @@ def validate_all(exts: Sequence[UnpackedExtension], request: BuildRequest) -> li
 
 # ---------------------------------------------------------------- build
 
-def image_name(index: int, name: str) -> str:
-    """`NNN-NAME.sqsh`: the zero-padded index keeps layer order independent of name sorting."""
-    safe = re.sub(r"[^A-Za-z0-9._+-]", "-", name).strip(".-") or "extension"
-    return f"{index:03d}-{safe}.sqsh"
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -162,24 +155,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def describe_layer(image: Path, metadata: contract.ExtensionMetadata,
-                   kind: contract.LayerKind) -> contract.Layer:
-    return contract.Layer(image=image.name, metadata=metadata, sha256=sha256_file(image),
+def describe_layer(image: Path, metadata: listfile.Metadata, kind: str) -> listfile.Layer:
+    return listfile.Layer(image=image.name, metadata=metadata, sha256=sha256_file(image),
                           size=image.stat().st_size, kind=kind)
 
 
-def squash_layers(roots: Sequence[tuple[Path, contract.ExtensionMetadata]],
+def squash_layers(roots: Sequence[tuple[Path, listfile.Metadata]],
                   modules: tuple[ModulesPlan, Path] | None, work: Path,
                   options: SquashOptions, progress: Progress | None) -> list[BakedLayer]:
     """One image per extension rootfs (and the modules layer last), built in parallel."""
-    jobs = [SquashJob(root / "rootfs", work / "images" / image_name(i, meta.name), meta.name)
-            for i, (root, meta) in enumerate(roots)]
-    metas = [(meta, contract.LayerKind.EXTENSION) for _, meta in roots]
+    jobs = [SquashJob(root / "rootfs", work / "images" / listfile.image_name(i, meta.name),
+                      meta.name) for i, (root, meta) in enumerate(roots)]
+    metas = [(meta, listfile.KIND_EXTENSION) for _, meta in roots]
     if modules is not None:
         plan, layer_root = modules
-        jobs.append(SquashJob(layer_root, work / "images" / image_name(
-            len(roots), contract.MODULES_LAYER_NAME), contract.MODULES_LAYER_NAME))
-        metas.append((modules_metadata(plan), contract.LayerKind.MODULES))
+        jobs.append(SquashJob(layer_root, work / "images" / listfile.image_name(
+            len(roots), listfile.MODULES_LAYER_NAME), listfile.MODULES_LAYER_NAME))
+        metas.append((modules_metadata(plan), listfile.KIND_MODULES))
     images = squash_all(jobs, options, progress)
     return [BakedLayer(describe_layer(path, meta, kind), path)
             for path, (meta, kind) in zip(images, metas, strict=True)]
@@ -188,9 +180,9 @@ def squash_layers(roots: Sequence[tuple[Path, contract.ExtensionMetadata]],
 def archive_entries(layers: Sequence[BakedLayer], firmware: Sequence[cpio.Entry],
                     epoch: int) -> list[cpio.Entry]:
     """List file, images and firmware; sorted, parents added, owner 0:0, fixed times."""
-    listing = contract.dump_list(contract.ExtensionList(tuple(b.layer for b in layers)))
-    images_dir = contract.IMAGES_DIR.strip("/")
-    entries = [cpio.regular(contract.LIST_PATH.strip("/"), listing.encode(), 0o644, epoch)]
+    listing = listfile.dump_list([b.layer for b in layers])
+    images_dir = listfile.IMAGES_DIR.strip("/")
+    entries = [cpio.regular(listfile.LIST_PATH.strip("/"), listing.encode(), 0o644, epoch)]
     entries += [cpio.regular(f"{images_dir}/{b.layer.image}", b.path, 0o644, epoch)
                 for b in layers]
     entries += [cpio.Entry(e.name, e.mode, e.data, mtime=epoch) for e in firmware]
@@ -254,7 +246,7 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
         work = Path(tmp)
         unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once
         exts, found = fetch_all(unique, work / "staging", request, progress) \
-            if len(unique) <= MAX_LAYERS else ([], [])
+            if len(unique) <= listfile.MAX_LAYERS else ([], [])
         problems += found
         if exts:
             problems += validate_all(exts, request)
@@ -262,9 +254,9 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
         plan, found = plan_modules({e.source: e.root / "rootfs" for e in exts},
                                    request.base_root, request.kernel_release, work)
         problems += found
-        if len(roots) + (plan is not None) > MAX_LAYERS:
-            problems.append(f"{len(roots) + 1} layers with the modules layer: overlayfs stacks "
-                            f"at most {MAX_LAYERS}")
+        if len(roots) + (plan is not None) > listfile.MAX_LAYERS:
+            problems.append(f"{len(roots) + 1} layers with the modules layer: an overlay "
+                            f"stacks at most {listfile.MAX_LAYERS} above the root")
         if problems:
             raise ValidationFailed(problems)
         modules = None

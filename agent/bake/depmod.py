@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.contract import MODULES_LAYER_NAME, ExtensionMetadata
 from agent.errors import ToolError
+from agent.listfile import MODULES_LAYER_NAME, Metadata
 from agent.tools import run
 
 MODULE_DIRS = ("lib/modules", "usr/lib/modules")
@@ -147,7 +147,7 @@ def build_modules_layer(plan: ModulesPlan, roots: Sequence[Path], work: Path) ->
     return layer
 
 
-def modules_metadata(plan: ModulesPlan) -> ExtensionMetadata:
-    return ExtensionMetadata(
+def modules_metadata(plan: ModulesPlan) -> Metadata:
+    return Metadata(
         name=MODULES_LAYER_NAME, version=plan.release, author="overlay-agent build",
         description=f"module indexes (depmod) for {plan.release} over the base and extensions")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import contract
+from agent import listfile
 from agent.bake.segments import Segment, merged_members, split_segments
 from agent.errors import SourceError
 
@@ -28,7 +28,7 @@ class ImageState(enum.Enum):
 @dataclass(frozen=True)
 class LayerReport:
     index: int
-    layer: contract.Layer
+    layer: listfile.Layer
     actual_size: int          # -1 when missing
     actual_sha256: str
     state: ImageState
@@ -47,7 +47,7 @@ class InitramfsReport:
         return all(r.state in (ImageState.OK, ImageState.UNCHECKED) for r in self.layers)
 
 
-def check_image(index: int, layer: contract.Layer, data: bytes | None) -> LayerReport:
+def check_image(index: int, layer: listfile.Layer, data: bytes | None) -> LayerReport:
     if data is None:
         return LayerReport(index, layer, -1, "", ImageState.MISSING)
     digest = hashlib.sha256(data).hexdigest()
@@ -68,14 +68,14 @@ def inspect_initramfs(path: Path) -> InitramfsReport:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
     segments = split_segments(blob, str(path))
     tree = merged_members(segments)
-    listed = tree.get(contract.LIST_PATH.strip("/"))
+    listed = tree.get(listfile.LIST_PATH.strip("/"))
     if listed is None or not stat.S_ISREG(listed.mode):
         return InitramfsReport(str(path), len(blob), tuple(segments), False, ())
-    where = f"{path}: {contract.LIST_PATH}"
-    lst = contract.parse_list(listed.content().decode(errors="replace"), where)
-    images = contract.IMAGES_DIR.strip("/")
+    where = f"{path}: {listfile.LIST_PATH}"
+    layers = listfile.read_list(listed.content().decode(errors="replace"), where)
+    images = listfile.IMAGES_DIR.strip("/")
     reports = []
-    for i, layer in enumerate(lst.layers):
+    for i, layer in enumerate(layers):
         entry = tree.get(f"{images}/{layer.image}")
         data = entry.content() if entry is not None and stat.S_ISREG(entry.mode) else None
         reports.append(check_image(i, layer, data))
@@ -92,7 +92,7 @@ def report_dict(report: InitramfsReport) -> dict[str, Any]:
                       "members": len(s.entries)} for s in report.segments],
         "list_file": report.has_list,
         "extensions": [{"index": r.index, "id": r.layer.id, "name": r.layer.metadata.name,
-                        "version": r.layer.metadata.version, "kind": r.layer.kind.value,
+                        "version": r.layer.metadata.version, "kind": r.layer.kind,
                         "image": r.layer.image, "size": r.layer.size,
                         "sha256": r.layer.sha256, "actual_size": r.actual_size,
                         "actual_sha256": r.actual_sha256, "image_matches": r.state.value}
@@ -113,7 +113,7 @@ def render_table(report: InitramfsReport) -> str:
     out = f"{report.path}: {report.size} bytes, {len(report.segments)} segment(s)\n"
     out += format_table(seg_rows)
     if not report.has_list:
-        return out + f"\nno {contract.LIST_PATH}: no extensions baked in\n"
+        return out + f"\nno {listfile.LIST_PATH}: no extensions baked in\n"
     ext_rows = [["INDEX", "NAME", "VERSION", "IMAGE", "SIZE", "SHA256", "MATCH"]]
     ext_rows += [[f"{r.index:03d}", r.layer.metadata.name, r.layer.metadata.version,
                   r.layer.image, str(r.layer.size), r.layer.sha256[:12] or "-", r.state.value]

@@ -8,10 +8,7 @@ in the background (agent.boot.verify); finish_activation() mounts the checked la
 stacks them. PID 1 runs the first half before modules and the root device, so hashing
 overlaps them; together (activate_extensions) they are the hook and the benchmark.
 
-The activation budget (whole process, N=10: 25 ms) is mostly interpreter start and
-imports, so this path imports no dataclasses, enum, json, re or threading (about 30 ms
-together on this project's machines): plain classes, agent.lightjson and _thread. The
-mount half's modules (agent.syscalls loads libffi) load while the checks already run.
+The mount half's modules (agent.syscalls loads libffi) load while the checks already run.
 """
 
 from __future__ import annotations
@@ -21,27 +18,28 @@ import time
 
 from agent import listfile, statusfile
 from agent.boot import overlay
-from agent.boot.values import Value
 from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
 from agent.boot.workers import share_out
 from agent.errors import BootError, ListFileError
-from agent.listfile import ListEntry
+from agent.listfile import Layer, Metadata
+from agent.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from agent.boot.cmdline import BootParams
+
 MOUNT_THREADS = 3  # mounts at once; they mostly wait on the loop worker (2 to 4: alike here)
 LOOP_BLOCK = 4096
 LIST_LAYER = "l"   # staging name of the tmpfs layer that carries /etc/extensions.yaml
-_NO = ("0", "n", "no", "false", "off")
 
 
 class ActivationSettings(Value):
     """Frozen settings (a frozen dataclass in behaviour: keyword constructor, ==, hash)."""
 
-    __slots__ = ("disable", "images_dir", "list_path", "skip", "staging_dir", "status_path",
-                 "strict")
+    __slots__ = ("disable", "images_dir", "list_path", "problem", "skip", "staging_dir",
+                 "status_path", "strict")
     disable: bool             # overlay_agent.disable
     skip: frozenset[str]      # overlay_agent.skip=NAME[,NAME] (metadata names or IDs)
     strict: bool              # overlay_agent.strict: any failure -> raise BootError
@@ -49,34 +47,23 @@ class ActivationSettings(Value):
     images_dir: str
     status_path: str          # /run is moved into the new root later
     staging_dir: str          # short: every layer path goes into one mount(2) page
+    problem: str              # an unusable overlay_agent.* key: nothing activates
 
     def __init__(self, disable: bool = False, skip: frozenset[str] = frozenset(),
                  strict: bool = False, list_path: str = listfile.LIST_PATH,
                  images_dir: str = listfile.IMAGES_DIR,
-                 status_path: str = listfile.STATUS_PATH, staging_dir: str = "/run/oa") -> None:
+                 status_path: str = statusfile.STATUS_PATH, staging_dir: str = "/run/oa",
+                 problem: str = "") -> None:
         self._set(disable=disable, skip=frozenset(skip), strict=strict, list_path=list_path,
-                  images_dir=images_dir, status_path=status_path, staging_dir=staging_dir)
-
-    def replace(self, **changes: object) -> ActivationSettings:
-        fields = dict(zip(self.__slots__, self._fields(), strict=True))
-        return ActivationSettings(**{**fields, **changes})  # type: ignore[arg-type]
+                  images_dir=images_dir, status_path=status_path, staging_dir=staging_dir,
+                  problem=problem)
 
 
-def settings_from_cmdline(text: str, **paths: str) -> ActivationSettings:
-    """Only the overlay_agent.* keys; `paths` overrides list/images/status/staging paths."""
-    from agent.boot.cmdline import PREFIX, split_cmdline
-
-    disable = strict = False
-    skip: set[str] = set()
-    for word in split_cmdline(text)[0]:
-        key, _, value = word.partition("=")
-        if key == PREFIX + "disable":
-            disable = value.lower() not in _NO
-        elif key == PREFIX + "strict":
-            strict = value.lower() not in _NO
-        elif key == PREFIX + "skip":
-            skip.update(part for part in value.split(",") if part)
-    return ActivationSettings(disable, frozenset(skip), strict, **paths)
+def settings_from_params(params: BootParams, **paths: str) -> ActivationSettings:
+    """The overlay_agent.* keys of a scanned command line (agent.boot.cmdline);
+    `paths` overrides the list, images, status and staging paths."""
+    return ActivationSettings(params.disable, params.skip, params.strict,
+                              problem="; ".join(params.own_problems), **paths)
 
 
 def report(line: str) -> None:
@@ -124,16 +111,17 @@ class Activation:
         self.cands: list[Candidate] = []
         self.busy = 0.0     # seconds spent in the two halves (not the wait between them)
 
-    def record(self, index: int, entry: ListEntry, phase: str, reason: str = "") -> None:
+    def record(self, index: int, entry: Layer, phase: str, reason: str = "") -> None:
+        meta = entry.metadata
         self.records[index] = statusfile.extension_doc(
-            index=index, image=entry.image, kind=entry.kind, name=entry.name,
-            version=entry.version, phase=phase, reason=reason, author=entry.author,
-            description=entry.description, compatibility=entry.compatibility,
+            index=index, image=entry.image, kind=entry.kind, name=meta.name,
+            version=meta.version, phase=phase, reason=reason, author=meta.author,
+            description=meta.description, compatibility=meta.compatibility,
             created=self.stamp, updated=self.stamp)
         if phase != statusfile.ACTIVE:
             report(f"extension {entry.id}: {phase}: {reason}")
 
-    def fail(self, index: int, entry: ListEntry, reason: str) -> None:
+    def fail(self, index: int, entry: Layer, reason: str) -> None:
         self.record(index, entry, statusfile.FAILED, reason)
         if self.settings.strict:
             self.undo()
@@ -151,9 +139,12 @@ class Activation:
         self.mounted.clear()
 
 
-def load_entries(run: Activation) -> tuple[ListEntry, ...]:
+def load_entries(run: Activation) -> tuple[Layer, ...]:
     """The list's layers; missing list = none; an unusable list = all skipped with the reason."""
     path = run.settings.list_path
+    if run.settings.problem:
+        run.note(f"kernel command line: {run.settings.problem}; no extension activated")
+        return ()
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -176,7 +167,7 @@ def load_entries(run: Activation) -> tuple[ListEntry, ...]:
     return ()
 
 
-def salvage_entries(text: str) -> list[ListEntry]:
+def salvage_entries(text: str) -> list[Layer]:
     """Best effort for a list we cannot use: its layers by image, to record them as skipped."""
     try:
         doc = listfile.load_document(text, "")
@@ -188,13 +179,13 @@ def salvage_entries(text: str) -> list[ListEntry]:
         if isinstance(raw, dict) and isinstance(raw.get("image"), str):
             meta = raw.get("metadata")
             meta = meta if isinstance(meta, dict) else {}
-            found.append(ListEntry(raw["image"], str(raw.get("kind", "")), "", -1,
-                                   str(meta.get("name") or raw["image"]),
-                                   str(meta.get("version") or ""), "", "", {}))
+            found.append(Layer(raw["image"], Metadata(str(meta.get("name") or raw["image"]),
+                                                      str(meta.get("version") or "")),
+                               kind=str(raw.get("kind", ""))))
     return found
 
 
-def skip_reason(entry: ListEntry, settings: ActivationSettings) -> str:
+def skip_reason(entry: Layer, settings: ActivationSettings) -> str:
     if settings.disable:
         return "overlay_agent.disable"
     hit = sorted({entry.name, entry.id, entry.image} & settings.skip)
@@ -265,10 +256,9 @@ def mount_list_layer(run: Activation, staging: str) -> str | None:
     return staging
 
 
-def collect_candidates(run: Activation, entries: tuple[ListEntry, ...]) -> list[Candidate]:
+def collect_candidates(run: Activation, entries: tuple[Layer, ...]) -> list[Candidate]:
     """Skip what the command line says, open every other image and check its size."""
     settings = run.settings
-    room = overlay.OVL_MAX_STACK - 1          # below them all, the base root
     cands: list[Candidate] = []
     try:
         for index, entry in enumerate(entries):
@@ -276,8 +266,9 @@ def collect_candidates(run: Activation, entries: tuple[ListEntry, ...]) -> list[
             if reason:
                 run.record(index, entry, statusfile.SKIPPED, reason)
                 continue
-            if len(cands) >= room:
-                run.fail(index, entry, f"over the {room} extensions an overlay can stack")
+            if len(cands) >= listfile.MAX_LAYERS:
+                run.fail(index, entry, f"over the {listfile.MAX_LAYERS} extensions an overlay "
+                                       "can stack above the root")
                 continue
             cand = Candidate(index, entry, os.path.join(settings.images_dir, entry.image))
             try:
@@ -315,11 +306,11 @@ def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str
     if not run.mounted:
         return base_root, statusfile.API_NONE
     list_layer = None
-    if len(run.mounted) + 2 <= overlay.OVL_MAX_STACK:
+    if len(run.mounted) + 2 <= listfile.KERNEL_MAX_LOWER:
         list_layer = mount_list_layer(run, os.path.join(run.settings.staging_dir, LIST_LAYER))
     else:
         run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: no room left under the "
-                         f"kernel's {overlay.OVL_MAX_STACK}-layer limit")
+                         f"kernel's {listfile.KERNEL_MAX_LOWER}-layer limit")
     # overlayfs reads lowerdir leftmost = topmost: the LAST list entry goes first, so later
     # entries win over earlier ones; the base root is the bottom; the list layer tops all.
     lowers = [path for _, path in reversed(run.mounted)] + [base_root]

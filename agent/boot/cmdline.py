@@ -1,14 +1,16 @@
-"""Parse the kernel command line into BootParams (pure: no I/O).
+"""The one parser of the kernel command line: text -> BootParams (pure: no I/O).
 
-Keys follow the kernel's and initramfs-tools' meaning (Documentation/admin-guide/
-kernel-parameters.txt); everything after ` -- ` belongs to init.
+PID 1 and hook mode both read it here. Keys follow the kernel's and initramfs-tools'
+meaning (Documentation/admin-guide/kernel-parameters.txt); everything after ` -- `
+belongs to init. scan_cmdline() never fails: it records each problem with its key, so the
+fatal path still knows panic= and hook mode can ignore keys another initramfs owns.
 """
 
 from __future__ import annotations
 
 from agent.boot.layout import DEFAULT_INIT
-from agent.boot.values import Value
 from agent.errors import BootError
+from agent.values import Value
 
 PREFIX = "overlay_agent."
 DEFAULT_ROOT_WAIT = 30.0  # seconds to wait for root= without rootdelay=/rootwait
@@ -19,7 +21,7 @@ _ROOT_SYNTAX = "expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL="
 
 
 class RootKind:
-    """How root= names the device (string constants: enum costs an import on the boot path)."""
+    """How root= names the device (string constants, not an enum: boot-path import rule)."""
 
     PATH = "path"
     UUID = "UUID"
@@ -50,6 +52,7 @@ class BootParams(Value):
         "init_args",
         "notes",
         "panic",
+        "problems",
         "quiet",
         "root",
         "rootdelay",
@@ -57,7 +60,6 @@ class BootParams(Value):
         "rootfstype",
         "rootwait",
         "rootwait_limit",
-        "rw_requested",
         "skip",
         "strict",
         "test_token",
@@ -65,7 +67,6 @@ class BootParams(Value):
     root: RootSpec | None
     rootfstype: str | None
     rootflags: str | None
-    rw_requested: bool         # `rw` is noted and ignored: the root is always read-only
     init: str
     init_args: tuple[str, ...]
     rootwait: bool
@@ -79,19 +80,25 @@ class BootParams(Value):
     debug: bool
     test_token: str | None
     notes: tuple[str, ...]     # harmless oddities, printed at boot
+    problems: tuple[str, ...]  # unusable keys, each message starting with its key
 
     def __init__(self, root: RootSpec | None = None, rootfstype: str | None = None,
-                 rootflags: str | None = None, rw_requested: bool = False,
-                 init: str = DEFAULT_INIT, init_args: tuple[str, ...] = (),
+                 rootflags: str | None = None, init: str = DEFAULT_INIT, init_args: tuple[str, ...] = (),
                  rootwait: bool = False, rootwait_limit: float | None = None,
                  rootdelay: float | None = None, panic: int = 0,
                  quiet: bool = False, disable: bool = False, skip: frozenset[str] = frozenset(),
                  strict: bool = False, debug: bool = False, test_token: str | None = None,
-                 notes: tuple[str, ...] = ()) -> None:
-        self._set(root=root, rootfstype=rootfstype, rootflags=rootflags,
-                  rw_requested=rw_requested, init=init, init_args=init_args, rootwait=rootwait,
-                  rootwait_limit=rootwait_limit, rootdelay=rootdelay, panic=panic, quiet=quiet, disable=disable, skip=skip,
-                  strict=strict, debug=debug, test_token=test_token, notes=notes)
+                 notes: tuple[str, ...] = (), problems: tuple[str, ...] = ()) -> None:
+        self._set(root=root, rootfstype=rootfstype, rootflags=rootflags, init=init,
+                  init_args=init_args, rootwait=rootwait, rootwait_limit=rootwait_limit,
+                  rootdelay=rootdelay, panic=panic, quiet=quiet, disable=disable, skip=skip,
+                  strict=strict, debug=debug, test_token=test_token, notes=notes,
+                  problems=problems)
+
+    @property
+    def own_problems(self) -> tuple[str, ...]:
+        """Problems with overlay_agent.* keys: the only ones hook mode acts on."""
+        return tuple(p for p in self.problems if p.startswith(PREFIX))
 
     @property
     def root_timeout(self) -> float | None:
@@ -154,6 +161,15 @@ def _tagged(kind: str, rest: str, original: str) -> RootSpec:
 
 def parse_cmdline(text: str) -> BootParams:
     """Whole command line -> BootParams; every problem is reported in one BootError."""
+    params = scan_cmdline(text)
+    if params.problems:
+        raise BootError("kernel command line: " + "; ".join(params.problems))
+    return params
+
+
+def scan_cmdline(text: str) -> BootParams:
+    """Whole command line -> BootParams, the unusable keys left at their defaults and
+    listed in `problems`."""
     words, init_args = split_cmdline(text)
     problems: list[str] = []
     notes: list[str] = []
@@ -165,9 +181,8 @@ def parse_cmdline(text: str) -> BootParams:
             _apply(key, has_value == "=", value, values, skip, notes)
         except BootError as exc:
             problems.append(str(exc))
-    if problems:
-        raise BootError("kernel command line: " + "; ".join(problems))
-    return BootParams(skip=frozenset(skip), notes=tuple(notes), **values)  # type: ignore[arg-type]
+    return BootParams(skip=frozenset(skip), notes=tuple(notes), problems=tuple(problems),
+                      **values)  # type: ignore[arg-type]
 
 
 def _apply(key: str, has_value: bool, value: str, values: dict[str, object], skip: set[str],
@@ -191,10 +206,7 @@ def _apply(key: str, has_value: bool, value: str, values: dict[str, object], ski
         values[key] = True
     elif key == "rootwait" and has_value:
         values["rootwait"], values["rootwait_limit"] = True, _number(key, value)
-    elif key == "ro" and not has_value:
-        values["rw_requested"] = False
     elif key == "rw" and not has_value:
-        values["rw_requested"] = True
         notes.append("rw ignored: the root is always mounted read-only")
     elif key.startswith(PREFIX):
         _apply_own(key[len(PREFIX):], has_value, value, values, skip, notes)

@@ -6,8 +6,8 @@ import os
 
 from agent import syscalls
 from agent.boot.layout import DEV, PROC, RUN, SYS
-from agent.boot.values import Undo
 from agent.errors import BootError
+from agent.values import Undo
 
 _NOSUID_NODEV_NOEXEC = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
 

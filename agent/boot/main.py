@@ -1,8 +1,7 @@
 """PID 1 of the initramfs: a short flat list of named steps, then switch_root.
 
-Boot-path rule: only stdlib basics and agent.syscalls (ctypes) are imported here;
-pyroute2 only when the root device must be waited for. PID 1 never exits: any
-failure ends in console.fatal(), which follows panic=.
+PID 1 never exits: any failure ends in console.fatal(), which follows panic=. Imports
+follow the boot-path rule of agent/boot/__init__.py.
 """
 
 from __future__ import annotations
@@ -11,21 +10,21 @@ import time
 
 from agent.boot.activate import (
     Activation,
-    ActivationSettings,
     finish_activation,
+    settings_from_params,
     start_activation,
 )
-from agent.boot.cmdline import BootParams, parse_cmdline
+from agent.boot.cmdline import BootParams, parse_cmdline, scan_cmdline
 from agent.boot.console import fatal, say
 from agent.boot.early import mount_api_filesystems
 from agent.boot.layout import BASE_ROOT, CMDLINE, SYSROOT, UPTIME
 from agent.boot.modules import load_modules
 from agent.boot.rootfs import mount_root
 from agent.boot.switchroot import check_init, switch_root
-from agent.boot.values import Undo
 from agent.errors import BootError
+from agent.values import Undo
 
-TYPE_CHECKING = False  # typing and collections.abc are for mypy only: not imported at boot
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn, TypeVar
@@ -82,23 +81,10 @@ def read_cmdline() -> str:
         return fh.read()
 
 
-def fallback_params(raw: str) -> BootParams:
-    """panic= and debug from a command line that failed to parse, for the fatal path."""
-    panic = 0
-    for word in raw.split():
-        if word.startswith("panic="):
-            try:
-                panic = int(word[6:])
-            except ValueError:
-                pass
-    return BootParams(panic=panic, debug="overlay_agent.debug" in raw)
-
-
 def verify_extensions(params: BootParams) -> Activation:
     """Open the extension images and start their sha256 checks in the background: they
     need only the initramfs, so hashing overlaps module loading and the root device wait."""
-    return start_activation(ActivationSettings(
-        disable=params.disable, skip=params.skip, strict=params.strict))
+    return start_activation(settings_from_params(params))
 
 
 def boot(timer: StepTimer) -> NoReturn:
@@ -125,8 +111,8 @@ def boot(timer: StepTimer) -> NoReturn:
         switch_root(newroot, init, params.init_args,
                     lambda: say(timer.summary(init), quiet=quiet))
     except BaseException as exc:  # PID 1 must never exit
-        if params is None:
-            params = fallback_params(raw)
+        if params is None:      # panic= and debug still count when another key is bad
+            params = scan_cmdline(raw)
         fatal(describe(exc), panic=params.panic, exc=exc, debug=params.debug)
 
 

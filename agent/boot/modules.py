@@ -12,8 +12,8 @@ import os
 
 from agent import syscalls
 from agent.boot.layout import MODULES_LOAD
-from agent.boot.values import Value
 from agent.errors import BootError
+from agent.values import Value
 
 COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
 

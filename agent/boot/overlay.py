@@ -9,9 +9,9 @@ from __future__ import annotations
 import errno
 import os
 
+from agent.listfile import KERNEL_MAX_LOWER
 from agent.statusfile import API_FSCONFIG, API_MOUNT
 
-OVL_MAX_STACK = 500   # fs/overlayfs/params.h: most lower layers one overlay takes
 MOUNT_DATA_LIMIT = os.sysconf("SC_PAGE_SIZE")  # mount(2) option data, NUL included
 
 
@@ -35,9 +35,9 @@ def mount_overlay(lowers: list[str], target: str) -> str:
     return the API used (statusfile.API_MOUNT or API_FSCONFIG)."""
     from agent import syscalls  # ctypes: loaded only once something is mounted
 
-    if len(lowers) > OVL_MAX_STACK:
+    if len(lowers) > KERNEL_MAX_LOWER:
         raise OSError(errno.EINVAL, f"{len(lowers)} layers exceed the kernel's "
-                      f"{OVL_MAX_STACK}", target)
+                      f"{KERNEL_MAX_LOWER}", target)
     api = choose_api(lowers)
     if api == API_MOUNT:
         syscalls.mount("overlay", target, "overlay", syscalls.MS_RDONLY, lowerdir_option(lowers))

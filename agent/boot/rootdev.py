@@ -16,8 +16,8 @@ import struct
 import time
 
 from agent.boot.cmdline import RootKind, RootSpec
-from agent.boot.values import Value
 from agent.errors import BootError
+from agent.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from agent.boot import loop
 from agent.boot.cmdline import BootParams
 from agent.boot.layout import ROOT_IMAGE
 from agent.boot.rootdev import probe_filesystem, wait_for_device
-from agent.boot.values import Undo, Value
 from agent.errors import BootError
+from agent.values import Undo, Value
 
 
 class MountedRoot(Value):

@@ -12,10 +12,10 @@ import _thread
 import os
 
 from agent.boot.workers import share_out
-from agent.listfile import ListEntry
+from agent.listfile import Layer
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:   # typing costs PID 1 about 9 ms
+if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
@@ -38,7 +38,7 @@ class Candidate:
 
     __slots__ = ("checked", "entry", "error", "fd", "index", "path", "size", "staging")
 
-    def __init__(self, index: int, entry: ListEntry, path: str) -> None:
+    def __init__(self, index: int, entry: Layer, path: str) -> None:
         self.index, self.entry, self.path = index, entry, path
         self.fd = -1
         self.size = 0

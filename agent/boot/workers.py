@@ -1,5 +1,5 @@
-"""Share a list out over a few threads, in order, on the boot path (_thread: the threading
-module costs PID 1 an import it does not need)."""
+"""Share a list out over a few threads, in order, on the boot path (_thread, not
+threading: see the import rule in agent/boot/__init__.py)."""
 
 from __future__ import annotations
 

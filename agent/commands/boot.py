@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from agent.contract import IMAGES_DIR, LIST_PATH, STATUS_PATH
-from agent.errors import UsageError
+from agent.errors import BootError, UsageError
+from agent.listfile import IMAGES_DIR, LIST_PATH
+from agent.statusfile import STATUS_PATH
 
 CMDLINE = "/proc/cmdline"
 
@@ -34,7 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.boot.activate import activate_mounted_root, settings_from_cmdline
+    from agent.boot.activate import activate_mounted_root, settings_from_params
+    from agent.boot.cmdline import scan_cmdline
+    from agent.boot.main import describe
 
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
@@ -43,7 +47,15 @@ def run(args: argparse.Namespace) -> int:
             text = f.read()
     except OSError as exc:
         raise UsageError(f"--cmdline {args.cmdline}: {exc.strerror}") from None
-    settings = settings_from_cmdline(text, list_path=args.list, images_dir=args.images,
-                                     status_path=args.status, staging_dir=args.staging)
-    activate_mounted_root(args.root, settings)
+    # keys that are not ours belong to the initramfs that mounted the root: only an
+    # unusable overlay_agent.* key matters here, and it activates nothing (never fatal)
+    settings = settings_from_params(scan_cmdline(text), list_path=args.list,
+                                    images_dir=args.images, status_path=args.status,
+                                    staging_dir=args.staging)
+    try:
+        activate_mounted_root(args.root, settings)
+    except Exception as exc:  # never brick: exit 1 (the script's panic) only under strict
+        if settings.strict:
+            raise BootError(describe(exc)) from None
+        print(f"overlay-agent: {describe(exc)}; booting the bare root", file=sys.stderr)
     return 0

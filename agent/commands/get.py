@@ -11,8 +11,7 @@ import os
 import sys
 from typing import Any
 
-from agent.contract import STATUS_PATH
-from agent.status import BootStatus, ExtensionStatus, Phase, read_status
+from agent.statusfile import ACTIVE, STATUS_PATH, BootStatus, ExtensionStatus, read_status
 
 NAMESPACE = "runtime"
 TYPE_SHORT = "ExtensionStatus"
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 def resource_phase(ext: ExtensionStatus) -> str:
     """Talos shows `running` for a live resource; failed and skipped layers say so."""
-    return "running" if ext.phase is Phase.ACTIVE else ext.phase.value
+    return "running" if ext.phase == ACTIVE else ext.phase
 
 
 def to_resource(ext: ExtensionStatus, node: str) -> dict[str, Any]:
@@ -55,7 +54,7 @@ def to_resource(ext: ExtensionStatus, node: str) -> dict[str, Any]:
     if ext.compatibility:
         meta["compatibility"] = dict(ext.compatibility)
     spec: dict[str, Any] = {"image": ext.image, "metadata": meta}
-    if ext.phase is not Phase.ACTIVE:
+    if ext.phase != ACTIVE:
         spec["reason"] = ext.reason
     return {
         "node": node,
@@ -68,11 +67,11 @@ def to_resource(ext: ExtensionStatus, node: str) -> dict[str, Any]:
 
 
 def render_table(status: BootStatus, node: str) -> str:
-    extra = any(e.phase is not Phase.ACTIVE for e in status.extensions)
+    extra = any(e.phase != ACTIVE for e in status.extensions)
     rows = [HEADER + (EXTRA if extra else ())]
     for e in status.extensions:
         row = (node, NAMESPACE, TYPE_SHORT, e.id, str(RESOURCE_VERSION), e.name, e.version)
-        rows.append(row + ((e.phase.value, e.reason) if extra else ()))
+        rows.append(row + ((e.phase, e.reason) if extra else ()))
     widths = [max(len(r[c]) for r in rows) + PAD for c in range(len(rows[0]) - 1)]
     return "".join(("".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False))
                     + r[-1]).rstrip() + "\n" for r in rows)

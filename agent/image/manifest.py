@@ -1,4 +1,4 @@
-"""Load an extension's manifest.yaml into ExtensionMetadata plus every problem found.
+"""Load an extension's manifest.yaml into listfile.Metadata plus every problem found.
 
 Talos's schema: `version: v1alpha1` and `metadata` {name, version, author, description,
 compatibility: {talos: {version: RANGE}}}. Unknown keys are reported, never dropped.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.contract import ExtensionMetadata
 from agent.image.versions import VersionRange, VersionRangeError, parse_range
+from agent.listfile import Metadata
 
 MANIFEST = "manifest.yaml"
 MANIFEST_VERSION = "v1alpha1"
@@ -30,7 +30,7 @@ MAX_MANIFEST = 1 << 20
 
 @dataclass(frozen=True)
 class Manifest:
-    metadata: ExtensionMetadata | None      # None when name or version is unusable
+    metadata: Metadata | None      # None when name or version is unusable
     talos_range: VersionRange | None         # None when absent or unparsable
     problems: tuple[str, ...]                # "reason" texts, all about manifest.yaml
 
@@ -99,7 +99,7 @@ def check_manifest(doc: Any) -> Manifest:
     problems += compat_problems
     metadata = None
     if isinstance(name, str) and NAME_RE.fullmatch(name) and isinstance(meta.get("version"), str):
-        metadata = ExtensionMetadata(
+        metadata = Metadata(
             name=name, version=meta["version"],
             author=text_or_empty(meta.get("author")),
             description=text_or_empty(meta.get("description")),

@@ -1,11 +1,11 @@
-"""The records the image side hands to the rest of the project (issue 3's API contract)."""
+"""The records the image side hands to the rest of the project (fetched, unpacked, checked)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.contract import ExtensionMetadata
+from agent.listfile import Metadata
 
 DEFAULT_MAX_LAYER_SIZE = 4 * 2**30
 
@@ -29,7 +29,7 @@ class UnpackedExtension:
     source: str                 # as written by the user
     root: Path                  # folder holding manifest.yaml and rootfs/
     digest: str | None          # manifest digest for image sources, None for dir:
-    metadata: ExtensionMetadata | None   # None when the manifest did not load
+    metadata: Metadata | None   # None when the manifest did not load
 
 
 @dataclass(frozen=True)

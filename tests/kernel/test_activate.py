@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import syscalls
+from agent import listfile, syscalls
 from agent.boot import activate, overlay, verify
 from agent.boot.activate import (
     ActivationSettings,
@@ -28,10 +28,19 @@ from agent.boot.activate import (
     finish_activation,
     start_activation,
 )
+from agent.boot.cmdline import scan_cmdline
 from agent.cli import main
-from agent.contract import ExtensionList, ExtensionMetadata, Layer, dump_list
 from agent.errors import BootError
-from agent.status import OverlayApi, Phase, read_status
+from agent.listfile import Layer, Metadata, dump_list
+from agent.statusfile import (
+    ACTIVE,
+    API_FSCONFIG,
+    API_MOUNT,
+    API_NONE,
+    FAILED,
+    SKIPPED,
+    read_status,
+)
 from agent.tools import run
 
 SHARE = "usr/local/share"
@@ -78,7 +87,7 @@ class Env:
 
     def write_list(self, layers: list[Layer], text: str | None = None) -> None:
         (self.work / "extensions.yaml").write_text(
-            dump_list(ExtensionList(tuple(layers))) if text is None else text)
+            dump_list(layers) if text is None else text)
 
     def add(self, cache: Callable[[int], Path], indices: list[int]) -> list[Layer]:
         """Copy cached images in; the list describes them in the given order."""
@@ -87,7 +96,7 @@ class Env:
             src = cache(i)
             shutil.copy(src, self.images / src.name)
             data = src.read_bytes()
-            layers.append(Layer(src.name, ExtensionMetadata(f"ext{i}", f"1.{i}", "tests",
+            layers.append(Layer(src.name, Metadata(f"ext{i}", f"1.{i}", "tests",
                                                             f"layer {i}\n"),
                                 hashlib.sha256(data).hexdigest(), len(data)))
         self.write_list(layers)
@@ -157,15 +166,15 @@ def assert_no_leftovers(env: Env, images: list[Path]) -> None:
     assert still_attached(images) == []
 
 
-def force_api(monkeypatch: pytest.MonkeyPatch, api: OverlayApi) -> None:
-    monkeypatch.setattr(overlay, "MOUNT_DATA_LIMIT", 0 if api is OverlayApi.FSCONFIG else 4096)
+def force_api(monkeypatch: pytest.MonkeyPatch, api: str) -> None:
+    monkeypatch.setattr(overlay, "MOUNT_DATA_LIMIT", 0 if api == API_FSCONFIG else 4096)
 
 
-@pytest.mark.parametrize("api", [OverlayApi.MOUNT, OverlayApi.FSCONFIG])
+@pytest.mark.parametrize("api", [API_MOUNT, API_FSCONFIG])
 @pytest.mark.parametrize("count", [1, 12, 120])
 def test_layers_stack_in_list_order(env: Env, image_cache: Callable[[int], Path],
                                     monkeypatch: pytest.MonkeyPatch, count: int,
-                                    api: OverlayApi) -> None:
+                                    api: str) -> None:
     force_api(monkeypatch, api)
     env.add(image_cache, list(range(count)))
     assert env.activate() == str(env.target)
@@ -177,8 +186,8 @@ def test_layers_stack_in_list_order(env: Env, image_cache: Callable[[int], Path]
         (env.target / "new").write_text("x")
     assert exc.value.errno == errno.EROFS
     status = read_status(env.settings.status_path)
-    assert status.overlay is api
-    assert [e.phase for e in status.extensions] == [Phase.ACTIVE] * count
+    assert status.overlay == api
+    assert [e.phase for e in status.extensions] == [ACTIVE] * count
     assert status.extensions[-1].id == f"{count - 1:03d}-ext{count - 1}"
     assert mounts_under(str(env.work / "s")) == []
     assert str(env.images / "000-ext0.sqsh") in attached_backing_files()   # held by the overlay
@@ -246,7 +255,7 @@ def test_injected_layer_fault_skips_only_that_layer(env: Env, image_cache: Calla
     assert (env.target / SHARE / "only-0").exists()
     assert still_attached([bad]) == []
     phases = [e.phase for e in read_status(env.settings.status_path).extensions]
-    assert phases == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
+    assert phases == [ACTIVE, FAILED, ACTIVE]
 
 
 def no_lowerdir_plus(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,13 +271,13 @@ def no_lowerdir_plus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(syscalls, "fsconfig", old_kernel)
 
 
-OVERLAY_FAULTS: dict[str, tuple[OverlayApi, Callable[[pytest.MonkeyPatch], None], str]] = {
-    "mount(2)": (OverlayApi.MOUNT, lambda mp: fail_nth(
+OVERLAY_FAULTS: dict[str, tuple[str, Callable[[pytest.MonkeyPatch], None], str]] = {
+    "mount(2)": (API_MOUNT, lambda mp: fail_nth(
         mp, "mount", lambda src, dst, fstype=None, *r: fstype == "overlay"),
         "Input/output error"),
-    "fsmount": (OverlayApi.FSCONFIG, lambda mp: fail_nth(mp, "fsmount", lambda *a: True),
+    "fsmount": (API_FSCONFIG, lambda mp: fail_nth(mp, "fsmount", lambda *a: True),
                 "Input/output error"),
-    "no lowerdir+": (OverlayApi.FSCONFIG, no_lowerdir_plus,
+    "no lowerdir+": (API_FSCONFIG, no_lowerdir_plus,
                      "this kernel has no overlayfs lowerdir+ (Linux 6.8+) and the layer paths "
                      "exceed one page"),
 }
@@ -286,8 +295,8 @@ def test_overlay_failure_boots_bare_root(env: Env, image_cache: Callable[[int], 
     assert not os.path.ismount(env.target)
     assert env.lines == [f"overlay at {env.target}: {error}; booting the bare root"]
     status = read_status(env.settings.status_path)
-    assert status.overlay is OverlayApi.NONE and status.notes == tuple(env.lines)
-    assert {(e.phase, e.reason) for e in status.extensions} == {(Phase.FAILED, env.lines[0])}
+    assert status.overlay == API_NONE and status.notes == tuple(env.lines)
+    assert {(e.phase, e.reason) for e in status.extensions} == {(FAILED, env.lines[0])}
     assert_no_leftovers(env, sorted(env.images.iterdir()))
 
 
@@ -335,7 +344,7 @@ def test_real_fault_skips_only_that_layer(env: Env, image_cache: Callable[[int],
     assert env.read(f"{SHARE}/layer") == "2"
     assert still_attached([bad]) == []
     records = read_status(env.settings.status_path).extensions
-    assert [e.phase for e in records] == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
+    assert [e.phase for e in records] == [ACTIVE, FAILED, ACTIVE]
     assert records[1].reason == env.lines[0].split(": failed: ", 1)[1]
 
 
@@ -348,7 +357,7 @@ def test_unknown_schema_version_skips_all(env: Env, image_cache: Callable[[int],
               "(this agent reads version 1)")
     records = read_status(env.settings.status_path).extensions
     assert [(e.id, e.phase, e.reason) for e in records] == [
-        ("000-ext0", Phase.SKIPPED, reason), ("001-ext1", Phase.SKIPPED, reason)]
+        ("000-ext0", SKIPPED, reason), ("001-ext1", SKIPPED, reason)]
     assert env.lines == [f"extension {e.id}: skipped: {reason}" for e in records]
 
 
@@ -362,7 +371,7 @@ def test_strict_makes_a_failure_fatal_and_undoes(env: Env,
     assert not os.path.ismount(env.target)
     assert_no_leftovers(env, sorted(env.images.iterdir()))
     phases = [e.phase for e in read_status(env.settings.status_path).extensions]
-    assert phases == [Phase.ACTIVE, Phase.FAILED]
+    assert phases == [ACTIVE, FAILED]
 
 
 @pytest.mark.parametrize(("cmdline", "phases", "layer"), [
@@ -374,13 +383,13 @@ def test_command_line_disable_and_skip(env: Env, image_cache: Callable[[int], Pa
                                        cmdline: str, phases: list[str], layer: str) -> None:
     env.add(image_cache, [0, 1, 2])
     s = env.settings
-    settings = activate.settings_from_cmdline(
-        cmdline, list_path=s.list_path, images_dir=s.images_dir, status_path=s.status_path,
+    settings = activate.settings_from_params(
+        scan_cmdline(cmdline), list_path=s.list_path, images_dir=s.images_dir, status_path=s.status_path,
         staging_dir=s.staging_dir)
     root = env.activate(settings)
     assert Path(root, SHARE, "layer").read_text() == layer
     records = read_status(env.settings.status_path).extensions
-    assert [e.phase.value for e in records] == phases
+    assert [e.phase for e in records] == phases
     assert len(env.lines) == phases.count("skipped")
 
 
@@ -462,6 +471,22 @@ def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
                     ["002-ext2", "1", "ext2", "1.2", "skipped", "overlay_agent.skip=ext2"]]
 
 
+@pytest.mark.parametrize(("cmdline", "code", "line"), [
+    ("root=/dev/sda1", 0, "overlay-agent: {root}: cannot move the root mount aside: Invalid "
+                          "argument; booting the bare root\n"),
+    ("overlay_agent.strict", 1, "overlay-agent: error: {root}: cannot move the root mount "
+                                "aside: Invalid argument\n"),
+])
+def test_hook_mode_exits_non_zero_only_under_strict(env: Env, capsys: pytest.CaptureFixture[str],
+                                                    cmdline: str, code: int, line: str) -> None:
+    (env.work / "cmdline").write_text(cmdline)
+    s = env.settings
+    assert main(["boot", "--root", str(env.target), "--list", s.list_path, "--images",
+                 s.images_dir, "--status", s.status_path, "--staging", s.staging_dir,
+                 "--cmdline", str(env.work / "cmdline")]) == code     # not a mount point
+    assert capsys.readouterr().err == line.format(root=env.target)
+
+
 @pytest.mark.parametrize(("count", "phases", "shown"), [
     (2, ["active"] * 2, True),
     (3, ["active"] * 3, False),            # the list layer gives way to extensions
@@ -470,16 +495,17 @@ def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
 def test_overlay_layer_limit(env: Env, image_cache: Callable[[int], Path],
                              monkeypatch: pytest.MonkeyPatch, count: int, phases: list[str],
                              shown: bool) -> None:
-    monkeypatch.setattr(overlay, "OVL_MAX_STACK", 4)   # the kernel's is 500
+    monkeypatch.setattr(listfile, "KERNEL_MAX_LOWER", 4)   # the kernel's is 500
+    monkeypatch.setattr(listfile, "MAX_LAYERS", 3)
     env.add(image_cache, list(range(count)))
     env.activate()
     status = read_status(env.settings.status_path)
-    assert [e.phase.value for e in status.extensions] == phases
+    assert [e.phase for e in status.extensions] == phases
     assert (env.target / "etc/extensions.yaml").exists() == shown
     assert env.read(f"{SHARE}/layer") == ("2" if count > 2 else "1")
     if count == 4:
         assert env.lines == ["extension 003-ext3: failed: over the 3 extensions an overlay "
-                             "can stack"]
+                             "can stack above the root"]
 
 
 def test_sha256_choice_small_builtin_large_openssl() -> None:
@@ -502,7 +528,7 @@ def test_openssl_sha256_path_catches_corruption(env: Env, image_cache: Callable[
     corrupt(env, layers)
     assert env.activate() == str(env.target)
     phases = [e.phase for e in read_status(env.settings.status_path).extensions]
-    assert phases == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
+    assert phases == [ACTIVE, FAILED, ACTIVE]
     assert "sha256" in env.lines[0]
 
 
@@ -519,7 +545,7 @@ def test_halves_mount_the_image_opened_first(env: Env,
     time.sleep(0.5)   # the gap between the halves is not counted as activation time
     assert finish_activation(run, str(env.base), str(env.target)) == str(env.target)
     status = read_status(env.settings.status_path)
-    assert [e.phase for e in status.extensions] == [Phase.ACTIVE, Phase.ACTIVE]
+    assert [e.phase for e in status.extensions] == [ACTIVE, ACTIVE]
     assert env.read(f"{SHARE}/layer") == "1"
     assert not (env.target / SHARE / "only-5").exists()
     assert status.duration_ms < 500
@@ -533,7 +559,7 @@ def test_strict_failure_in_first_half_raises_and_records(env: Env,
     with pytest.raises(BootError, match=r"^extension 001-ext1: cannot open .*strict"):
         start_activation(env.settings.replace(strict=True))
     status = read_status(env.settings.status_path)
-    assert [e.phase for e in status.extensions] == [Phase.FAILED]
+    assert [e.phase for e in status.extensions] == [FAILED]
     assert status.root == ""
     assert mounts_under(str(env.work / "s")) == []
 
@@ -552,7 +578,7 @@ def test_unpadded_image_gets_512_byte_blocks(env: Env, image_cache: Callable[[in
     with image.open("r+b") as f:
         f.truncate(size)
     data = image.read_bytes()
-    env.write_list([padded, Layer(image.name, ExtensionMetadata("nopad", "1"),
+    env.write_list([padded, Layer(image.name, Metadata("nopad", "1"),
                                   hashlib.sha256(data).hexdigest(), len(data))])
     assert env.activate() == str(env.target)
     assert env.lines == []
@@ -577,7 +603,7 @@ def test_read_error_fails_that_layer_only(env: Env, image_cache: Callable[[int],
     assert env.activate() == str(env.target)
     monkeypatch.undo()
     phases = [e.phase for e in read_status(env.settings.status_path).extensions]
-    assert phases == [Phase.ACTIVE, Phase.FAILED, Phase.ACTIVE]
+    assert phases == [ACTIVE, FAILED, ACTIVE]
     assert env.lines == [f"extension 001-ext1: failed: cannot read {bad}: Input/output error"]
     assert env.read(f"{SHARE}/layer") == "2"
     assert still_attached([bad]) == []
@@ -597,5 +623,31 @@ def test_without_threads_the_main_thread_does_it_all(env: Env,
     assert env.activate() == str(env.target)
     monkeypatch.undo()
     phases = [e.phase for e in read_status(env.settings.status_path).extensions]
-    assert phases == [Phase.ACTIVE] * 4 and env.lines == []
+    assert phases == [ACTIVE] * 4 and env.lines == []
     assert env.read(f"{SHARE}/layer") == "3"
+
+
+@pytest.mark.parametrize("count", [listfile.MAX_LAYERS, listfile.MAX_LAYERS + 1])
+def test_the_layer_limit_build_enforces_is_what_boot_stacks(
+        env: Env, image_cache: Callable[[int], Path], count: int) -> None:
+    """At the list's limit every layer stacks on a real overlay; one past it, only the
+    last fails (the base root takes the kernel's 500th lower layer)."""
+    src = image_cache(0)
+    data = src.read_bytes()
+    layer = Layer("", Metadata("x", "1"), hashlib.sha256(data).hexdigest(), len(data))
+    layers = []
+    for i in range(count):
+        name = listfile.image_name(i, f"x{i}")
+        os.link(src, env.images / name)
+        layers.append(layer.replace(image=name))
+    env.write_list(layers)
+    assert env.activate() == str(env.target)
+    status = read_status(env.settings.status_path)
+    phases = [e.phase for e in status.extensions]
+    assert phases[:listfile.MAX_LAYERS] == [ACTIVE] * listfile.MAX_LAYERS
+    assert status.overlay == API_FSCONFIG
+    if count > listfile.MAX_LAYERS:
+        assert phases[-1] == FAILED
+        assert status.extensions[-1].reason == (
+            "over the 499 extensions an overlay can stack above the root")
+    assert env.read(f"{SHARE}/layer") == "0"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from bake_support import debian_style_initrd, make_extension, overlay_agent
 
-from agent import contract
+from agent import listfile
 from agent.bake.segments import merged_members, split_segments
 
 
@@ -61,13 +61,13 @@ def test_layers_list_and_firmware(tmp_path: Path, exts: dict[str, Path],
     # lib stays the initramfs's symlink; firmware goes where it points
     assert stat.S_ISLNK(tree["lib"].mode)
     assert tree["usr/lib/firmware/vendor/blob.bin"].data == b"\xaa" * 1000
-    lst = contract.parse_list(tree["extensions.yaml"].content().decode())
-    assert [(x.image, x.metadata.name, x.kind) for x in lst.layers] == [
-        ("000-tool.sqsh", "tool", contract.LayerKind.EXTENSION),
-        ("001-fw.sqsh", "fw", contract.LayerKind.EXTENSION)]
+    layers = listfile.read_list(tree["extensions.yaml"].content().decode())
+    assert [(x.image, x.metadata.name, x.kind) for x in layers] == [
+        ("000-tool.sqsh", "tool", listfile.KIND_EXTENSION),
+        ("001-fw.sqsh", "fw", listfile.KIND_EXTENSION)]
     image = tmp_path / "000-tool.sqsh"
     image.write_bytes(tree["extensions/000-tool.sqsh"].content())
-    assert lst.layers[0].size == image.stat().st_size
+    assert layers[0].size == image.stat().st_size
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(mnt)], check=True)

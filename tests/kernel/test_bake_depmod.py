@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from bake_support import KERNELS, debian_style_initrd, make_extension, overlay_agent
 
-from agent import contract
+from agent import listfile
 from agent.bake.depmod import build_modules_layer, plan_modules
 from agent.bake.segments import merged_members, split_segments
 from agent.errors import AgentError
@@ -84,12 +84,12 @@ def test_modprobe_resolves_a_module_only_an_extension_ships(
     overlay_agent("build", "--extension", f"dir:{ext}", "--base-root", base_arg,
                   "--os-version", "v1.7.0", "--initramfs", initrd, "-o", out)
     tree = merged_members(split_segments(out.read_bytes(), "out"))
-    lst = contract.parse_list(tree["extensions.yaml"].content().decode())
-    assert [(x.image, x.kind, x.metadata.name, x.metadata.version) for x in lst.layers] == [
-        ("000-zram-ext.sqsh", contract.LayerKind.EXTENSION, "zram-ext", "1.0.0"),
-        ("001-modules.dep.sqsh", contract.LayerKind.MODULES, "modules.dep", release)]
+    layers = listfile.read_list(tree["extensions.yaml"].content().decode())
+    assert [(x.image, x.kind, x.metadata.name, x.metadata.version) for x in layers] == [
+        ("000-zram-ext.sqsh", listfile.KIND_EXTENSION, "zram-ext", "1.0.0"),
+        ("001-modules.dep.sqsh", listfile.KIND_MODULES, "modules.dep", release)]
     lowers = []
-    for layer in reversed(lst.layers):          # topmost first, as the boot side stacks them
+    for layer in reversed(layers):          # topmost first, as the boot side stacks them
         image, mnt = tmp_path / layer.image, tmp_path / layer.id
         image.write_bytes(tree[f"extensions/{layer.image}"].content())
         mnt.mkdir()

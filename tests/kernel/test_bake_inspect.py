@@ -11,7 +11,7 @@ import pytest
 import yaml
 from bake_support import archive, debian_style_initrd, make_extension, overlay_agent
 
-from agent import contract, cpio
+from agent import cpio, listfile
 
 
 @pytest.mark.parametrize("main", ["zstd", "gzip", "xz"])
@@ -43,13 +43,13 @@ def test_inspect_debian_initrd_with_baked_extension(tmp_path: Path, main: str) -
 
 def test_inspect_flags_images_that_do_not_match(tmp_path: Path) -> None:
     good, bad = b"hsqs" + b"1" * 60, b"hsqs" + b"2" * 60
-    meta = contract.ExtensionMetadata("a", "1")
+    meta = listfile.Metadata("a", "1")
     layers = (
-        contract.Layer("000-a.sqsh", meta, hashlib.sha256(good).hexdigest(), len(good)),
-        contract.Layer("001-b.sqsh", meta, hashlib.sha256(good).hexdigest(), len(good)),
-        contract.Layer("002-c.sqsh", meta, hashlib.sha256(good).hexdigest(), len(good)),
-        contract.Layer("003-talos.sqsh", meta))       # a Talos-written entry: no sha256
-    listing = contract.dump_list(contract.ExtensionList(layers)).encode()
+        listfile.Layer("000-a.sqsh", meta, hashlib.sha256(good).hexdigest(), len(good)),
+        listfile.Layer("001-b.sqsh", meta, hashlib.sha256(good).hexdigest(), len(good)),
+        listfile.Layer("002-c.sqsh", meta, hashlib.sha256(good).hexdigest(), len(good)),
+        listfile.Layer("003-talos.sqsh", meta))       # a Talos-written entry: no sha256
+    listing = listfile.dump_list(layers).encode()
     img = tmp_path / "img"
     img.write_bytes(cpio.compress(archive([
         cpio.regular("extensions.yaml", listing), cpio.regular("extensions/000-a.sqsh", good),

@@ -17,9 +17,9 @@ from agent.boot.early import mount_api_filesystems
 from agent.boot.rootdev import wait_for_device
 from agent.boot.rootfs import mount_root
 from agent.boot.switchroot import delete_contents, is_ramfs, move_api_mounts
-from agent.boot.values import Undo
 from agent.errors import BootError
 from agent.tools import run
+from agent.values import Undo
 
 pytestmark = pytest.mark.usefixtures("private_mounts")
 EXT_UUID = "0b9d4c1e-7a52-4c3e-9f4e-5d8a1c2b3e4f"

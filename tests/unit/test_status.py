@@ -11,33 +11,54 @@ import pytest
 import yaml
 
 from agent import lightjson
-from agent.boot.activate import ActivationSettings, settings_from_cmdline
+from agent.boot.activate import ActivationSettings, settings_from_params
+from agent.boot.cmdline import scan_cmdline
 from agent.cli import main
 from agent.commands.get import render_json, render_table, render_yaml
 from agent.errors import StatusError
-from agent.status import (
+from agent.statusfile import (
+    ACTIVE,
+    API_FSCONFIG,
+    API_MOUNT,
+    FAILED,
     BootStatus,
     ExtensionStatus,
-    OverlayApi,
-    Phase,
+    boot_doc,
+    extension_doc,
     read_status,
-    status_to_dict,
-    write_status,
+    write_json_atomic,
 )
 
 STAMP = "2022-02-10T18:25:04Z"
+
+
+def status_to_dict(status: BootStatus) -> dict[str, Any]:
+    """The document the boot path would write for `status` (statusfile's builders)."""
+    return boot_doc(
+        extensions=[extension_doc(
+            index=e.index, image=e.image, kind=e.kind, name=e.name, version=e.version,
+            phase=e.phase, reason=e.reason, author=e.author, description=e.description,
+            compatibility=dict(e.compatibility), created=e.created, updated=e.updated)
+            for e in status.extensions],
+        root=status.root, overlay=status.overlay, notes=list(status.notes),
+        disabled=status.disabled, strict=status.strict, list_path=status.list_path,
+        activated=status.activated, duration_ms=status.duration_ms)
+
+
+def write_status(path: str, status: BootStatus) -> None:
+    write_json_atomic(path, status_to_dict(status))
 GVISOR = ExtensionStatus(
     index=0, id="000.ghcr.io-talos-systems-gvisor-54b831d",
     image="000.ghcr.io-talos-systems-gvisor-54b831d.sqsh", kind="extension", name="gvisor",
-    version="20220117.0-v1.0.0", phase=Phase.ACTIVE, author="Andrew Rynhard",
+    version="20220117.0-v1.0.0", phase=ACTIVE, author="Andrew Rynhard",
     description="This system extension provides gVisor using containerd's runtime handler.\n",
     compatibility={"talos": {"version": ">= v1.0.0"}}, created=STAMP, updated=STAMP)
 BROKEN = ExtensionStatus(
     index=1, id="001-broken", image="001-broken.sqsh", kind="extension", name="broken",
-    version="2.0", phase=Phase.FAILED, reason="/extensions/001-broken.sqsh: size 1 bytes, "
+    version="2.0", phase=FAILED, reason="/extensions/001-broken.sqsh: size 1 bytes, "
     "the list says 2", created=STAMP, updated=STAMP)
-ALL_ACTIVE = BootStatus(extensions=(GVISOR,), root="/sysroot", overlay=OverlayApi.MOUNT)
-ONE_FAILED = BootStatus(extensions=(GVISOR, BROKEN), root="/sysroot", overlay=OverlayApi.MOUNT)
+ALL_ACTIVE = BootStatus(extensions=(GVISOR,), root="/sysroot", overlay=API_MOUNT)
+ONE_FAILED = BootStatus(extensions=(GVISOR, BROKEN), root="/sysroot", overlay=API_MOUNT)
 
 TABLE = """\
 NODE         NAMESPACE   TYPE              ID                                         VERSION   NAME     VERSION
@@ -112,7 +133,7 @@ def test_json_is_one_object_per_extension_with_the_yaml_data() -> None:
 def test_status_round_trips_through_the_file(tmp_path: Path) -> None:
     path = tmp_path / "run" / "overlay-agent" / "status.json"
     status = BootStatus(extensions=(GVISOR, BROKEN), root="/sysroot",
-                        overlay=OverlayApi.FSCONFIG, notes=("a note",), strict=True,
+                        overlay=API_FSCONFIG, notes=("a note",), strict=True,
                         list_path="/extensions.yaml", activated=STAMP, duration_ms=1.5)
     write_status(str(path), status)
     assert read_status(str(path)) == status
@@ -182,9 +203,14 @@ def test_get_prints_from_the_status_file(tmp_path: Path, capsys: pytest.CaptureF
     ("overlay_agent.skip=a,b overlay_agent.skip=c,", ActivationSettings(
         skip=frozenset({"a", "b", "c"}))),
     ("init=/bin/sh -- overlay_agent.strict", ActivationSettings()),
+    ("root=ZFS=rpool/root overlay_agent.skip=a", ActivationSettings(skip=frozenset({"a"}))),
+    ("overlay_agent.strict=maybe overlay_agent.disable=0", ActivationSettings(
+        problem="overlay_agent.strict=maybe: not a yes/no value")),
 ])
-def test_settings_from_cmdline(cmdline: str, expected: ActivationSettings) -> None:
-    assert settings_from_cmdline(cmdline) == expected
+def test_settings_from_the_one_cmdline_parser(cmdline: str,
+                                              expected: ActivationSettings) -> None:
+    """Hook mode ignores keys another initramfs owns; a bad key of ours activates nothing."""
+    assert settings_from_params(scan_cmdline(cmdline)) == expected
 
 
 @pytest.mark.parametrize("value", [

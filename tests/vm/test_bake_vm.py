@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from qemu import boot
 
-from agent import contract, cpio
+from agent import cpio, listfile
 from agent.bake.segments import merged_members, split_segments
 from agent.errors import SourceError
 from agent.kernels import load_kernel
@@ -81,8 +81,8 @@ def test_kernel_unpacks_the_appended_archive(tmp_path: Path, suite: str,
     assert not result.timed_out, result.output[-2000:]
     images = dict(re.findall(r"BAKE-IMG ([0-9a-f]{64})\s+/extensions/(\S+)", result.output))
     tree = merged_members(split_segments(out.read_bytes(), "out"))
-    lst = contract.parse_list(tree["extensions.yaml"].content().decode())
-    assert {v: k for k, v in images.items()} == {x.image: x.sha256 for x in lst.layers}
+    layers = listfile.read_list(tree["extensions.yaml"].content().decode())
+    assert {v: k for k, v in images.items()} == {x.image: x.sha256 for x in layers}
     assert hashlib.sha256(tree["extensions/000-tool.sqsh"].content()).hexdigest() in images
     assert re.search(r'BAKE-LIST \{"layers":\[.*"version":1\}', result.output)
     assert "BAKE-FW fw-ok" in result.output

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import contract, cpio
+from agent import cpio, listfile
 from agent.bake.segments import merged_members, split_segments
 from agent.image.pack import PackOptions, pack_extension
 from tests.unit.image.registry import Registry, serve
@@ -59,8 +59,8 @@ def test_registry_images_are_pulled_and_baked(registry: Registry, config: Path,
     proc = build(config, out, "--insecure-registry", registry.host)
     assert proc.returncode == 0, proc.stderr
     tree = merged_members(split_segments(out.read_bytes(), "out"))
-    lst = contract.parse_list(tree["extensions.yaml"].content().decode())
-    assert [x.image for x in lst.layers] == ["000-hello.sqsh", "001-example-firmware.sqsh"]
+    layers = listfile.read_list(tree["extensions.yaml"].content().decode())
+    assert [x.image for x in layers] == ["000-hello.sqsh", "001-example-firmware.sqsh"]
 
 
 def test_every_unreachable_image_is_reported(registry: Registry, config: Path,

@@ -76,7 +76,7 @@ def test_everything() -> None:
         'overlay_agent.bogus=1 -- single x=y')
     assert params == BootParams(
         root=RootSpec(RootKind.UUID, "abcd"), rootfstype="ext4", rootflags="noload",
-        rw_requested=True, init="/bin/sh", init_args=("single", "x=y"), rootdelay=2.5,
+        init="/bin/sh", init_args=("single", "x=y"), rootdelay=2.5,
         panic=-1, quiet=True, disable=True, skip=frozenset({"a", "b", "c"}), strict=True,
         debug=False, test_token="t0k",
         notes=("rw ignored: the root is always mounted read-only",

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.boot.cmdline import BootParams
+from agent.boot.cmdline import BootParams, scan_cmdline
 from agent.boot.console import fatal_line, format_traceback
-from agent.boot.main import StepTimer, describe, fallback_params
+from agent.boot.main import StepTimer, describe
 from agent.boot.modules import load_module, read_module_list
-from agent.boot.values import Undo
 from agent.errors import BootError
+from agent.values import Undo
 
 
 @pytest.mark.parametrize(("exc", "line"), [
@@ -31,13 +31,16 @@ def test_fatal_line_is_one_line() -> None:
     assert fatal_line("a") == "overlay-agent: fatal: a"
 
 
-@pytest.mark.parametrize(("raw", "params"), [
-    ("root=bad panic=5", BootParams(panic=5)),
-    ("panic=x overlay_agent.debug root=bad", BootParams(debug=True)),
-    ("", BootParams()),
+@pytest.mark.parametrize(("raw", "panic", "debug", "problems"), [
+    ("root=bad panic=5", 5, False, ("root=bad: unknown syntax (expected /dev/NAME, UUID=, "
+                                    "LABEL=, PARTUUID= or PARTLABEL=)",)),
+    ("panic=x overlay_agent.debug root=/dev/vda", 0, True, ("panic=x: not an integer",)),
+    ("", 0, False, ()),
 ])
-def test_fallback_params(raw: str, params: BootParams) -> None:
-    assert fallback_params(raw) == params
+def test_the_fatal_path_keeps_panic_and_debug_of_a_bad_line(
+        raw: str, panic: int, debug: bool, problems: tuple[str, ...]) -> None:
+    params = scan_cmdline(raw)
+    assert (params.panic, params.debug, params.problems) == (panic, debug, problems)
 
 
 def test_step_timer_wraps_unexpected_errors() -> None:

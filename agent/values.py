@@ -1,7 +1,7 @@
-"""Value objects and an undo stack for the boot path, without dataclasses or contextlib.
+"""Frozen records and an undo stack shared by build, boot and runtime.
 
-dataclasses (with inspect, ast, re) and enum cost about 10 ms to import on the host and
-a few hundred ms under QEMU without KVM, which PID 1 pays on every boot.
+Written without dataclasses or contextlib because PID 1 imports them: see the boot-path
+import rule in agent/boot/__init__.py.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Self
 
 
 class Value:
@@ -31,6 +32,11 @@ class Value:
 
     def __hash__(self) -> int:
         return hash(self._fields())
+
+    def replace(self, **changes: object) -> Self:
+        """A copy with some fields changed (dataclasses.replace)."""
+        fields = dict(zip(self.__slots__, self._fields(), strict=True))
+        return type(self)(**{**fields, **changes})  # type: ignore[call-arg]
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)

@@ -2,21 +2,21 @@ from __future__ import annotations
 
 import pytest
 
-from agent.contract import ExtensionList, ExtensionMetadata, Layer, LayerKind, dump_list, parse_list
 from agent.errors import ListFileError
+from agent.listfile import KIND_MODULES, Layer, Metadata, dump_list, image_name, layer_id, read_list
 
 
-def _list() -> ExtensionList:
-    meta = ExtensionMetadata("gvisor", "1.0", "me", "desc\n", {"talos": {"version": ">= v1.0.0"}})
-    return ExtensionList((Layer("000-gvisor.sqsh", meta, "ab" * 32, 4096),
-                          Layer("001-modules.dep.sqsh", ExtensionMetadata("modules.dep", "6.1"),
-                                "cd" * 32, 8192, LayerKind.MODULES)))
+def _list() -> tuple[Layer, ...]:
+    meta = Metadata("gvisor", "1.0", "me", "desc\n", {"talos": {"version": ">= v1.0.0"}})
+    return (Layer("000-gvisor.sqsh", meta, "ab" * 32, 4096),
+            Layer("001-modules.dep.sqsh", Metadata("modules.dep", "6.1"), "cd" * 32, 8192,
+                  KIND_MODULES))
 
 
 def test_dump_then_parse_is_identity() -> None:
     lst = _list()
-    assert parse_list(dump_list(lst)) == lst
-    assert lst.layers[0].id == "000-gvisor"
+    assert read_list(dump_list(lst)) == lst
+    assert lst[0].id == "000-gvisor"
 
 
 def test_dump_is_valid_yaml_with_talos_shape() -> None:
@@ -30,7 +30,7 @@ def test_dump_is_valid_yaml_with_talos_shape() -> None:
 def test_talos_written_list_is_read() -> None:
     text = ("layers:\n  - image: 000.ghcr.io-siderolabs-gvisor-33f613e.sqsh\n"
             "    metadata:\n      name: gvisor\n      version: 2022\n")
-    (layer,) = parse_list(text).layers
+    (layer,) = read_list(text)
     assert layer.metadata.version == "2022" and layer.sha256 == "" and layer.size == -1
 
 
@@ -46,5 +46,16 @@ def test_talos_written_list_is_read() -> None:
 ])
 def test_bad_lists_give_one_clear_line(text: str, message: str) -> None:
     with pytest.raises(ListFileError) as exc:
-        parse_list(text)
+        read_list(text)
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize(("index", "name", "image"), [
+    (0, "gvisor", "000-gvisor.sqsh"), (10, "a", "010-a.sqsh"), (498, "x", "498-x.sqsh"),
+    (2, "modules.dep", "002-modules.dep.sqsh"), (3, "a/b c", "003-a-b-c.sqsh"),
+    (4, "..", "004-extension.sqsh"), (12, "intel ucode/x", "012-intel-ucode-x.sqsh"),
+])
+def test_image_names_sort_in_layer_order_and_give_the_id(index: int, name: str, image: str) -> None:
+    assert image_name(index, name) == image
+    assert layer_id(image) == image[:-5]
+    assert layer_id("plain") == "plain"
