@@ -3,7 +3,7 @@
 Each subcommand lives in its own module that exposes `register(subparsers)`; the
 parser it adds sets `func` (called with the parsed namespace, returning an exit
 code) and may set `light=True` to skip structlog (commands run on the boot path or
-in the booted system).
+in the booted system); the others log through agent.log.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log progress (-vv for debug detail)")
+    parser.add_argument("--log-format", choices=("console", "json"), default="console",
+                        help="log lines for a person (default) or JSON lines for CI")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "light", False):
         from agent import log
 
-        log.setup(args.verbose + (2 if args.debug else 0))
+        log.setup(args.verbose + (2 if args.debug else 0), args.log_format)
     try:
         return int(args.func(args) or 0)
     except AgentError as exc:

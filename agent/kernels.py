@@ -8,7 +8,6 @@ host's own apt sources, so no host name is written here.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -19,8 +18,6 @@ from pathlib import Path
 from agent.errors import SourceError, ToolError
 from agent.output import write_bytes_atomically
 from agent.tools import run
-
-log = logging.getLogger("overlay_agent.kernels")
 
 METAPACKAGE = "linux-image-amd64"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -227,7 +224,11 @@ def fetch_kernel(cache: Path, suite: str, mirrors: Mirrors) -> FetchResult:
         cached = read_cached(cache, suite)
         if cached is None:
             raise
-        log.warning("%s: apt-get update failed (%s); using the cached kernel", suite, exc)
+        from agent.log import get_logger  # structlog: not for the CLI parser's imports
+
+        get_logger("overlay_agent.kernels").warning(
+            "apt-get update failed; using the cached kernel", suite=suite,
+            error=str(exc))
         return cached
     meta = apt.show(METAPACKAGE)
     meta_version = parse_field(meta, "Version")

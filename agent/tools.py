@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
 import shutil
 import subprocess
@@ -11,7 +10,12 @@ from pathlib import Path
 
 from agent.errors import ToolError
 
-log = logging.getLogger("overlay_agent.tools")
+
+def log_command(event: str, args: list[str]) -> None:
+    # structlog loads on the first command, not with the CLI parser (runtime size)
+    from agent.log import get_logger
+
+    get_logger("overlay_agent.tools").info(event, command=shlex.join(args))
 
 
 def which(tool: str) -> str:
@@ -26,7 +30,7 @@ def start(argv: Sequence[str | Path]) -> subprocess.Popen[bytes]:
     """Start an external tool that streams: stdin, stdout and stderr are pipes. Logged as
     run() logs; the caller waits for it and judges its exit status."""
     args = [str(a) for a in argv]
-    log.info("start: %s", shlex.join(args))
+    log_command("start", args)
     try:
         return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
@@ -46,7 +50,7 @@ def run(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run an external tool; raise ToolError (with its stderr's last line) when it fails."""
     args = [str(a) for a in argv]
-    log.info("run: %s", shlex.join(args))
+    log_command("run", args)
     try:
         proc = subprocess.run(
             args,

@@ -24,8 +24,11 @@ from agent.bake.segments import merged_members, split_segments
 from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
 from agent.errors import AgentError, BuildError, ValidationFailed
 from agent.image.model import FetchOptions, UnpackedExtension
+from agent.log import get_logger
 from agent.output import write_atomically
 from agent.tools import run
+
+log = get_logger("overlay_agent.build")
 
 Progress = Callable[[str], None]
 
@@ -130,6 +133,8 @@ def fetch_all(sources: Sequence[str], staging: Path, request: BuildRequest,
             problems.append(str(exc))
             continue
         fetched.append(ext)
+        log.info("fetched", source=source, digest=ext.digest,
+                 name=ext.metadata.name if ext.metadata else None)
         if progress is not None:
             progress(f"[{i + 1}/{len(sources)}] fetched {source}")
     return fetched, problems
@@ -264,6 +269,8 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
             modules = (plan, build_modules_layer(plan, [r / "rootfs" for r, _ in roots], work))
         options = SquashOptions(request.compression, request.epoch, request.jobs)
         layers = squash_layers(roots, modules, work, options, progress)
+        for b in layers:
+            log.info("squashed", image=b.layer.image, size=b.layer.size, sha256=b.layer.sha256)
         dest = resolve_in_tree(members, "lib/firmware")
         archive = write_archive(archive_entries(
             layers, firmware_entries([r / "rootfs" for r, _ in roots], dest), request.epoch),
@@ -271,5 +278,7 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
         archive_size = archive.stat().st_size
         total = check_size(request, len(blob), archive_size)
         write_output(request.output, blob, archive)
+        log.info("written", output=str(request.output), input_size=len(blob),
+                 archive_size=archive_size, total=total)
     return BuildResult(request.output, len(blob), archive_size, total,
                        tuple(b.layer for b in layers))
