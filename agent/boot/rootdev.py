@@ -21,7 +21,7 @@ from agent.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
 SYS_BLOCK = "/sys/class/block"
 EXT_MAGIC = 0xEF53
@@ -171,6 +171,32 @@ def find_device(spec: RootSpec, sys_block: str = SYS_BLOCK, dev: str = "/dev") -
     return None
 
 
+def match_uevent(spec: RootSpec, event: Mapping[str, str], sys_block: str = SYS_BLOCK,
+                 dev: str = "/dev") -> str | None:
+    """The device node when a kernel uevent announces the block device `spec` names.
+
+    The event's own fields decide where they can: DEVNAME for a path, PARTNAME (the GPT
+    name the kernel sends with a partition) for PARTLABEL; UUID and LABEL need that one
+    device's superblock, PARTUUID its disk's partition table.
+    """
+    name = event.get("DEVNAME") or ""
+    if event.get("ACTION") not in ("add", "change") or event.get("SUBSYSTEM") != "block" \
+            or not name or ".." in name.split("/"):
+        return None
+    node = os.path.join(dev, name)
+    if spec.kind == RootKind.PATH:
+        return spec.value if node == spec.value or os.path.exists(spec.value) else None
+    if spec.kind == RootKind.PARTLABEL:
+        return node if event.get("PARTNAME") == spec.value else None
+    if spec.kind == RootKind.PARTUUID:
+        return find_partition(spec, sys_block, dev) if event.get("PARTN") else None
+    info = probe_filesystem(node)
+    if info is not None and spec.value == (info.uuid if spec.kind == RootKind.UUID
+                                           else info.label):
+        return node
+    return None
+
+
 def wait_for_device(spec: RootSpec, timeout: float | None) -> str:
     """Return the device node for `spec`, waiting up to `timeout` s (None = forever)."""
     found = find_device(spec)
@@ -182,15 +208,16 @@ def wait_for_device(spec: RootSpec, timeout: float | None) -> str:
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = UeventSocket()
     try:
-        # Listen first, then look again: a device added in between is not missed.
+        # Listen first, then look once more: a device added in between is not missed.
         sock.bind()
-        while (found := find_device(spec)) is None:
+        found = find_device(spec)
+        while found is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise BootError(f"root={spec}: device did not appear within {timeout:g} s")
             ready, _, _ = select.select([sock.fileno()], [], [], left)
-            if ready:
-                sock.get()
+            for event in sock.get() if ready else ():
+                found = found or match_uevent(spec, event)
         return found
     finally:
         sock.close()

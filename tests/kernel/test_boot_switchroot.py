@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from agent.boot.rootdev import wait_for_device
 from agent.boot.rootfs import mount_root
 from agent.boot.switchroot import delete_contents, is_ramfs, move_api_mounts
 from agent.errors import BootError
+from agent.kernels import PrivateApt, derive_mirrors
 from agent.tools import run
 from agent.values import Undo
 
@@ -177,3 +180,40 @@ def test_mount_root_device_never_appears(tmpfs: Path) -> None:
     with Undo() as undo, pytest.raises(BootError) as info:
         mount_root(params, str(tmpfs), undo)
     assert str(info.value) == "root=/dev/doesnotexist: device did not appear within 0.3 s"
+
+
+@pytest.fixture(scope="module")
+def debian12_pyroute2() -> Path:
+    """Debian 12's python3-pyroute2 (0.7), unpacked under .cache through the kernels' private
+    apt lists: the Debian package runs the agent with it, not with the PyPI release."""
+    root = Path(__file__).resolve().parents[2] / ".cache"
+    unpacked = root / "debs" / "bookworm-pyroute2"
+    if not (unpacked / "usr/lib/python3/dist-packages/pyroute2").is_dir():
+        apt = PrivateApt(root / "kernels" / "apt" / "bookworm", "bookworm", derive_mirrors())
+        debs = root / "debs" / "bookworm"
+        debs.mkdir(parents=True, exist_ok=True)
+        apt.download(["python3-pyroute2"], debs)
+        (deb,) = debs.glob("python3-pyroute2_0.7*.deb")
+        run(["dpkg-deb", "-x", str(deb), str(unpacked)])
+    return unpacked / "usr/lib/python3/dist-packages"
+
+
+def test_wait_works_with_debian12_pyroute2(images: Path, debian12_pyroute2: Path) -> None:
+    """The same uevent wait, in an interpreter whose pyroute2 is Debian 12's 0.7."""
+    root = Path(__file__).resolve().parents[2]
+    code = (f"import sys; sys.path[:0] = [{str(debian12_pyroute2)!r}, {str(root)!r}]; "
+            "from agent.boot.rootdev import wait_for_device; "
+            "from agent.boot.cmdline import parse_root; "
+            "found = wait_for_device(parse_root('LABEL=kroot'), 10); "
+            "print(found, sys.modules['pyroute2'].__path__[0])")
+    child = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], stdout=subprocess.PIPE,
+                             text=True)
+    time.sleep(0.5)     # the child is listening by then (it binds first, then looks)
+    fd = os.open(images / "root.ext4", os.O_RDONLY)
+    dev = loop.attach_readonly(fd, str(images / "root.ext4"))
+    os.close(fd)
+    try:
+        out, _ = child.communicate(timeout=30)
+        assert out.split() == [dev.path, str(debian12_pyroute2 / "pyroute2")]
+    finally:
+        loop.detach(dev)
