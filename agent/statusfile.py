@@ -34,13 +34,15 @@ def utc_now() -> str:
 
 def extension_doc(*, index: int, image: str, kind: str, name: str, version: str, phase: str,
                   reason: str, author: str, description: str,
-                  compatibility: dict[str, object], created: str,
-                  updated: str) -> dict[str, object]:
-    """One layer's record; `id` is the image name without .sqsh, as Talos shows it."""
+                  compatibility: dict[str, object], created: str, updated: str,
+                  device: str = "") -> dict[str, object]:
+    """One layer's record; `id` is the image name without .sqsh, as Talos shows it;
+    `device` the loop device an active layer is read through."""
     return {"index": index, "id": layer_id(image),
             "image": image, "kind": kind, "name": name, "version": version, "phase": phase,
             "reason": reason, "author": author, "description": description,
-            "compatibility": compatibility, "created": created, "updated": updated}
+            "compatibility": compatibility, "created": created, "updated": updated,
+            "device": device}
 
 
 def boot_doc(*, extensions: list[dict[str, object]], root: str, overlay: str,
@@ -73,8 +75,8 @@ def write_json_atomic(path: str, doc: dict[str, object]) -> None:
 class ExtensionStatus(Value):
     """One layer as the boot recorded it."""
 
-    __slots__ = ("author", "compatibility", "created", "description", "id", "image", "index",
-                 "kind", "name", "phase", "reason", "updated", "version")
+    __slots__ = ("author", "compatibility", "created", "description", "device", "id", "image",
+                 "index", "kind", "name", "phase", "reason", "updated", "version")
     index: int            # position in the list file (0 = lowest layer)
     id: str               # image name without .sqsh
     image: str
@@ -88,14 +90,16 @@ class ExtensionStatus(Value):
     compatibility: dict[str, object]
     created: str          # ISO 8601 UTC, e.g. 2022-02-10T18:25:04Z
     updated: str
+    device: str           # the loop device of an active layer ("" otherwise)
 
     def __init__(self, *, index: int, id: str, image: str, kind: str, name: str,
                  version: str, phase: str, reason: str = "", author: str = "",
                  description: str = "", compatibility: dict[str, object] | None = None,
-                 created: str = "", updated: str = "") -> None:
+                 created: str = "", updated: str = "", device: str = "") -> None:
         self._set(index=index, id=id, image=image, kind=kind, name=name, version=version,
                   phase=phase, reason=reason, author=author, description=description,
-                  compatibility=dict(compatibility or {}), created=created, updated=updated)
+                  compatibility=dict(compatibility or {}), created=created, updated=updated,
+                  device=device)
 
 
 class BootStatus(Value):
@@ -138,6 +142,8 @@ def check_extension(raw: object, where: str) -> list[str]:
         problems.append(f"{where}: unknown phase {raw.get('phase')!r}")
     if not isinstance(raw.get("compatibility"), dict):
         problems.append(f"{where}: compatibility is not an object")
+    if not isinstance(raw.get("device", ""), str):
+        problems.append(f"{where}: device is not a string")
     return problems
 
 
@@ -166,8 +172,9 @@ def status_from_doc(doc: dict[str, object]) -> BootStatus:
     notes: list[object] = doc["notes"]  # type: ignore[assignment]
     duration = doc.get("duration_ms", 0.0)
     return BootStatus(
-        extensions=tuple(ExtensionStatus(**{key: e[key] for key in (  # type: ignore[arg-type]
-            "index", "phase", "compatibility", *_STR_FIELDS)}) for e in exts),
+        extensions=tuple(ExtensionStatus(device=str(e.get("device", "")), **{  # type: ignore[arg-type]
+            key: e[key] for key in ("index", "phase", "compatibility", *_STR_FIELDS)})
+            for e in exts),
         root=str(doc.get("root", "")), overlay=str(doc["overlay"]),
         notes=tuple(str(n) for n in notes), disabled=bool(doc.get("disabled")),
         strict=bool(doc.get("strict")), list_path=str(doc.get("list_path", "")),

@@ -89,7 +89,7 @@ def mount_checked(cand: Candidate, staging: str) -> None:
     cand.wait_checked()
     try:
         if not cand.error:
-            mount_layer(cand, staging)
+            cand.device = mount_layer(cand, staging)
             cand.staging = staging
     except LayerFailed as exc:
         cand.error = str(exc)
@@ -111,13 +111,14 @@ class Activation:
         self.cands: list[Candidate] = []
         self.busy = 0.0     # seconds spent in the two halves (not the wait between them)
 
-    def record(self, index: int, entry: Layer, phase: str, reason: str = "") -> None:
+    def record(self, index: int, entry: Layer, phase: str, reason: str = "",
+               device: str = "") -> None:
         meta = entry.metadata
         self.records[index] = statusfile.extension_doc(
             index=index, image=entry.image, kind=entry.kind, name=meta.name,
             version=meta.version, phase=phase, reason=reason, author=meta.author,
             description=meta.description, compatibility=meta.compatibility,
-            created=self.stamp, updated=self.stamp)
+            created=self.stamp, updated=self.stamp, device=device)
         if phase != statusfile.ACTIVE:
             report(f"extension {entry.id}: {phase}: {reason}")
 
@@ -192,8 +193,9 @@ def skip_reason(entry: Layer, settings: ActivationSettings) -> str:
     return f"overlay_agent.skip={hit[0]}" if hit else ""
 
 
-def mount_layer(cand: Candidate, staging: str) -> None:
-    """Loop-attach read-only and mount squashfs ro,nodev at `staging`; undo on failure."""
+def mount_layer(cand: Candidate, staging: str) -> str:
+    """Loop-attach read-only and mount squashfs ro,nodev at `staging`; undo on failure.
+    Returns the loop device's path."""
     from agent import syscalls
     from agent.boot import loop
 
@@ -211,6 +213,7 @@ def mount_layer(cand: Candidate, staging: str) -> None:
         loop.detach(dev)
         raise LayerFailed(f"mount squashfs {cand.path} from {dev.path}: {exc.strerror}") from None
     loop.release(dev)
+    return dev.path
 
 
 def unmount_staging(mounted: list[tuple[int, str]]) -> None:
@@ -296,7 +299,7 @@ def mount_layers(run: Activation) -> None:
     run.mounted.extend((cand.index, cand.staging) for cand in run.cands if cand.staging)
     for cand in run.cands:
         if cand.staging:
-            run.record(cand.index, cand.entry, statusfile.ACTIVE)
+            run.record(cand.index, cand.entry, statusfile.ACTIVE, device=cand.device)
         else:
             run.fail(cand.index, cand.entry, cand.error)
 

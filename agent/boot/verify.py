@@ -36,7 +36,8 @@ class Candidate:
     they failed); whoever mounts the layer waits on it.
     """
 
-    __slots__ = ("checked", "entry", "error", "fd", "index", "path", "size", "staging")
+    __slots__ = ("checked", "device", "entry", "error", "fd", "index", "path", "size",
+                 "staging")
 
     def __init__(self, index: int, entry: Layer, path: str) -> None:
         self.index, self.entry, self.path = index, entry, path
@@ -44,6 +45,7 @@ class Candidate:
         self.size = 0
         self.error = ""
         self.staging = ""     # set once mounted
+        self.device = ""      # its loop device, once mounted
         self.checked = _thread.allocate_lock()
         self.checked.acquire()
 

@@ -30,11 +30,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
     p.add_argument("--status", default=STATUS_PATH, metavar="PATH",
                    help=f"status file written at boot (default {STATUS_PATH})")
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="where the extensions are stacked now, to check they still are "
+                        "(default /)")
     p.set_defaults(func=run, light=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    status = read_status(args.status)
+    from agent.livecheck import with_live_phases
+
+    status = with_live_phases(read_status(args.status), args.root)
     node = os.uname().nodename
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.output]
     sys.stdout.write(render(status, node))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ from agent.boot.cmdline import scan_cmdline
 from agent.cli import main
 from agent.errors import BootError
 from agent.listfile import Layer, Metadata, dump_list
+from agent.livecheck import with_live_phases
 from agent.statusfile import (
     ACTIVE,
     API_FSCONFIG,
@@ -464,7 +466,7 @@ def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
                  s.images_dir, "--status", s.status_path, "--staging", s.staging_dir,
                  "--cmdline", str(env.work / "cmdline")]) == 0
     assert env.read(f"{SHARE}/layer") == "1"
-    assert main(["get", "extensions", "--status", s.status_path]) == 0
+    assert main(["get", "extensions", "--status", s.status_path, "--root", str(env.target)]) == 0
     rows = [line.split()[3:] for line in capsys.readouterr().out.splitlines()[1:]]
     assert rows == [["000-ext0", "1", "ext0", "1.0", "active"],
                     ["001-ext1", "1", "ext1", "1.1", "active"],
@@ -651,3 +653,27 @@ def test_the_layer_limit_build_enforces_is_what_boot_stacks(
         assert status.extensions[-1].reason == (
             "over the 499 extensions an overlay can stack above the root")
     assert env.read(f"{SHARE}/layer") == "0"
+
+
+def test_get_marks_layers_whose_overlay_or_loop_device_is_gone(
+        env: Env, image_cache: Callable[[int], Path], capsys: pytest.CaptureFixture[str]) -> None:
+    env.add(image_cache, [0, 1])
+    env.activate()
+    status = read_status(env.settings.status_path)
+    assert all(e.device.startswith("/dev/loop") for e in status.extensions)
+    get = ["get", "extensions", "-o", "json", "--status", env.settings.status_path]
+
+    def phases(root: Path) -> list[tuple[str, str]]:
+        assert main([*get, "--root", str(root)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        docs = [json.loads(line) for line in out]
+        return [(d["metadata"]["phase"], d["spec"].get("reason", "")) for d in docs]
+
+    assert phases(env.target) == [("running", ""), ("running", "")]
+    assert phases(env.base) == [("gone", f"no overlay mounted at {env.base} any more")] * 2
+    syscalls.umount2(str(env.target))          # the overlay held the last loop references
+    assert still_attached([env.images / "000-ext0.sqsh"]) == []
+    dev0 = status.extensions[0].device
+    assert phases(env.base)[0] == ("gone", f"no overlay mounted at {env.base} any more")
+    gone = with_live_phases(status.replace(overlay=API_NONE))
+    assert gone.extensions[0].reason == f"loop device {dev0} no longer holds 000-ext0.sqsh"

@@ -16,6 +16,7 @@ from agent.boot.cmdline import scan_cmdline
 from agent.cli import main
 from agent.commands.get import render_json, render_table, render_yaml
 from agent.errors import StatusError
+from agent.livecheck import with_live_phases
 from agent.statusfile import (
     ACTIVE,
     API_FSCONFIG,
@@ -193,7 +194,11 @@ def test_get_prints_from_the_status_file(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["get", "extensions", "-o", fmt, "--status", str(path)]) == 0
     node = os.uname().nodename
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[fmt]
-    assert capsys.readouterr().out == render(ONE_FAILED, node)
+    # no overlay at / on this host: the active layer shows as gone (livecheck)
+    live = with_live_phases(ONE_FAILED)
+    assert [e.phase for e in live.extensions] == ["gone", "failed"]
+    assert live.extensions[0].reason == "no overlay mounted at / any more"
+    assert capsys.readouterr().out == render(live, node)
 
 
 @pytest.mark.parametrize(("cmdline", "expected"), [

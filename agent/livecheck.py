@@ -1,0 +1,57 @@
+"""Cross-check the boot status against the running system: a layer the status calls
+active whose overlay or loop device has gone since boot is reported, not trusted.
+
+Mounts come from psutil; loop devices from sysfs (psutil has no view of them). Used by
+`get extensions` and the metrics in the booted system, never on the boot path.
+"""
+
+from __future__ import annotations
+
+import os
+
+from agent.statusfile import ACTIVE, API_NONE, BootStatus
+
+SYS_BLOCK = "/sys/block"
+GONE = "gone"   # the phase shown for such a layer
+
+
+def overlay_mounted(mountpoint: str) -> bool | None:
+    """Whether an overlay is mounted at `mountpoint`; None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return any(p.mountpoint == mountpoint and p.fstype == "overlay"
+               for p in psutil.disk_partitions(all=True))
+
+
+def loop_holds(device: str, image: str, sys_block: str = SYS_BLOCK) -> bool:
+    """Whether loop `device` is still attached to a file named `image` (the initramfs copy
+    is deleted after switch_root, which sysfs shows as a ` (deleted)` suffix)."""
+    name = os.path.basename(device)
+    try:
+        with open(os.path.join(sys_block, name, "loop", "backing_file"), "rb") as f:
+            backing = f.read().decode(errors="replace").strip()
+    except OSError:
+        return False
+    return os.path.basename(backing.removesuffix(" (deleted)")) == image
+
+
+def find_gone(status: BootStatus, root: str = "/", sys_block: str = SYS_BLOCK) -> dict[int, str]:
+    """Index -> why, for every layer recorded active that the running system no longer holds."""
+    active = [e for e in status.extensions if e.phase == ACTIVE]
+    if active and status.overlay != API_NONE and overlay_mounted(root) is False:
+        return {e.index: f"no overlay mounted at {root} any more" for e in active}
+    return {e.index: f"loop device {e.device} no longer holds {e.image}" for e in active
+            if e.device and not loop_holds(e.device, e.image, sys_block)}
+
+
+def with_live_phases(status: BootStatus, root: str = "/",
+                     sys_block: str = SYS_BLOCK) -> BootStatus:
+    """`status` with every layer that has gone shown in phase `gone`, with the reason."""
+    gone = find_gone(status, root, sys_block)
+    if not gone:
+        return status
+    return status.replace(extensions=tuple(
+        e.replace(phase=GONE, reason=gone[e.index]) if e.index in gone else e
+        for e in status.extensions))
