@@ -44,7 +44,7 @@ class BuildRequest:
     compression: Compression = Compression.ZSTD
     max_size: int | None = None
     kernel_release: str | None = None
-    insecure_registries: tuple[str, ...] = ()
+    fetch: FetchOptions = FetchOptions()  # noqa: RUF009 - frozen: one shared default is safe
     policy: Path | None = None
     epoch: int = 0
     jobs: int = 0
@@ -123,12 +123,11 @@ def fetch_all(sources: Sequence[str], staging: Path, request: BuildRequest,
     """Fetch every source, even after one fails, so that every problem is reported at once."""
     from agent.image import fetch_extension
 
-    options = FetchOptions(insecure_registries=request.insecure_registries)
     fetched: list[UnpackedExtension] = []
     problems: list[str] = []
     for i, source in enumerate(sources):
         try:
-            ext = fetch_extension(source, staging / f"{i:03d}", options)
+            ext = fetch_extension(source, staging / f"{i:03d}", request.fetch)
         except AgentError as exc:
             problems.append(str(exc))
             continue

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from agent.errors import UsageError
-
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from `123`, `64M`, `64MiB` or `1.5G` (powers of 1024)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if match is None:
-        raise UsageError(f"--max-size {text!r}: not a size (e.g. 64M, 1G, 123456)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+from agent.commands.options import add_fetch_arguments, fetch_options, size_type
 
 
 def register(subparsers: Any) -> None:
@@ -42,14 +31,13 @@ def register(subparsers: Any) -> None:
                    "validation and the modules layer")
     p.add_argument("--compression", choices=["zstd", "xz"], default="zstd",
                    help="of the images and the appended archive (default zstd)")
-    p.add_argument("--max-size", type=parse_size, metavar="SIZE",
+    p.add_argument("--max-size", type=size_type("--max-size"), metavar="SIZE",
                    help="refuse an OUT larger than this (e.g. 64M)")
     p.add_argument("--kernel-release", metavar="KVER",
                    help="kernel release of the modules layer (default: from --base-root)")
-    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
-                   help="registry reached over plain HTTP; repeatable")
     p.add_argument("--policy", type=Path, metavar="FILE", help="validation policy file")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="images squashed at once (default: cores)")
+    add_fetch_arguments(p)
     p.set_defaults(func=run_build)
 
 
@@ -62,7 +50,7 @@ def run_build(args: argparse.Namespace) -> int:
         initramfs=args.initramfs, output=args.output, config=args.config,
         extensions=tuple(args.extension), os_version=args.os_version, base_root=args.base_root,
         compression=Compression(args.compression), max_size=args.max_size,
-        kernel_release=args.kernel_release, insecure_registries=tuple(args.insecure_registry),
+        kernel_release=args.kernel_release, fetch=fetch_options(args),
         policy=args.policy, epoch=source_date_epoch(), jobs=args.jobs)
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) \
         if sys.stderr.isatty() else None

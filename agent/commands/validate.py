@@ -8,31 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import SourceError, UnpackError, UsageError
+from agent.commands.options import add_fetch_arguments, fetch_options
+from agent.errors import SourceError, UnpackError
 
 # The image modules (tarfile, lzma, bz2...) are imported when a command runs, not when the
 # parser is built: the booted system's `overlay-agent get` must not carry them.
 if TYPE_CHECKING:
     from agent.image import FetchOptions, Problem, UnpackedExtension
-
-
-def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
-    """Options every command that reads image sources shares."""
-    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
-                   help="allow plain HTTP / unverified TLS for this registry (repeatable)")
-    p.add_argument("--arch", default="amd64", help="platform to pick from multi-arch images")
-    p.add_argument("--max-layer-size", type=int, default=None,
-                   metavar="BYTES", help="refuse a layer that unpacks to more (default 4 GiB)")
-
-
-def fetch_options(args: argparse.Namespace) -> FetchOptions:
-    from agent.image import FetchOptions
-    from agent.image.model import DEFAULT_MAX_LAYER_SIZE
-
-    size = DEFAULT_MAX_LAYER_SIZE if args.max_layer_size is None else args.max_layer_size
-    if size <= 0:
-        raise UsageError(f"--max-layer-size {size}: must be positive")
-    return FetchOptions(tuple(args.insecure_registry), args.arch, size)
 
 
 def register(sub: Any) -> None:

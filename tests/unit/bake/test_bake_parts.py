@@ -20,7 +20,7 @@ from agent.bake.build import (
 )
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.squash import plan_parallelism
-from agent.commands.build import parse_size
+from agent.commands.options import parse_size
 from agent.errors import BuildError, UsageError, ValidationFailed
 from agent.output import write_atomically
 
@@ -67,10 +67,26 @@ def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-def test_parse_size_refuses_words() -> None:
-    with pytest.raises(UsageError, match=r"^--max-size 'big': not a size \(e\.g\. 64M, 1G, "
-                                         r"123456\)$"):
-        parse_size("big")
+@pytest.mark.parametrize(("text", "flag", "message"), [
+    ("big", "--max-size", "--max-size 'big': not a size (e.g. 64M, 1G, 123456)"),
+    ("0", "--max-layer-size", "--max-layer-size '0': must be positive"),
+    ("-5M", "--max-layer-size", "--max-layer-size '-5M': not a size (e.g. 64M, 1G, 123456)"),
+])
+def test_parse_size_refuses(text: str, flag: str, message: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        parse_size(text, flag)
+    assert str(exc.value) == message
+
+
+def test_build_and_validate_share_the_fetch_options() -> None:
+    from agent.cli import build_parser
+
+    common = ["--insecure-registry", "r:5000", "--arch", "arm64", "--max-layer-size", "64M"]
+    build = build_parser().parse_args(["build", "--initramfs", "i", "-o", "o", *common])
+    check = build_parser().parse_args(["validate", "dir:x", *common])
+    for args in (build, check):
+        assert (args.insecure_registry, args.arch, args.max_layer_size) == (
+            ["r:5000"], "arm64", 64 << 20)
 
 
 def test_size_over_budget_names_every_size() -> None:

@@ -218,7 +218,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     (["validate", f"dir:{VALID}", "--base-root", str(VALID / "manifest.yaml")], 2,
      f"{VALID}/manifest.yaml: base root is neither a folder nor a squashfs file"),
     (["validate", f"dir:{VALID}", "--max-layer-size", "0"], 2,
-     "--max-layer-size 0: must be positive"),
+     "--max-layer-size '0': must be positive"),
     (["pack", str(VALID), "-o", "/nonexistent/x.tar"], 2,
      "/nonexistent/x.tar: folder /nonexistent does not exist"),
     (["pack", str(VALID), "-o", "/tmp/x.tar", "--tag", "Bad Tag"], 2,
