@@ -13,18 +13,8 @@ import os
 from agent import syscalls
 from agent.boot.layout import MODULES_LOAD
 from agent.errors import BootError
-from agent.values import Value
 
 COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
-
-
-class ModulesReport(Value):
-    __slots__ = ("already", "loaded")
-    loaded: int
-    already: int
-
-    def __init__(self, loaded: int, already: int) -> None:
-        self._set(loaded=loaded, already=already)
 
 
 def read_module_list(path: str = MODULES_LOAD) -> list[str]:
@@ -57,11 +47,6 @@ def load_module(path: str) -> bool:
     return True
 
 
-def load_modules(list_path: str = MODULES_LOAD) -> ModulesReport:
-    loaded = already = 0
+def load_modules(list_path: str = MODULES_LOAD) -> None:
     for path in read_module_list(list_path):
-        if load_module(path):
-            loaded += 1
-        else:
-            already += 1
-    return ModulesReport(loaded, already)
+        load_module(path)
