@@ -36,6 +36,7 @@ ENTRY_MODULES: tuple[str, ...] = (
     "traceback",
     "yaml",
     "agent.boot.uevent",
+    "agent.livecheck",  # `get extensions` imports it lazily (psutil stays out: it copes)
     "_hashlib",  # OpenSSL's sha256, ~5x the built-in one; activation imports it lazily
     "encodings.utf_8",
     "encodings.ascii",
