@@ -19,9 +19,11 @@ deps:
 	bash scripts/ensure-deps.sh
 
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: setup.cfg pyproject.toml | deps
+# Development tools at the exact versions of constraints.txt: lint runs as a test, so a tool's
+# new release must not change the result of `make test`.
+$(VENV)/.stamp: setup.cfg pyproject.toml constraints.txt | deps
 	$(PY_SYS) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
 kernels: venv
