@@ -37,7 +37,7 @@ test-unit: venv
 	$(PY) -m pytest -p no:cacheprovider tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/ruff check agent devtools tests scripts bench
 	$(VENV)/bin/mypy
 
 demo: deps venv kernels

@@ -8,34 +8,22 @@ marker with this run's token and reached its end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import secrets
 import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))     # devtools/ lives beside agent/, outside the installed package
 
-from agent.bake.demo import EXAMPLES_INIT, bake_examples  # noqa: E402
-from agent.demo import DONE_MARKER, MARKER, TOKEN_KEY, build_demo_root  # noqa: E402
 from agent.errors import AgentError  # noqa: E402
 from agent.initramfs.build import InitramfsSpec, build_initramfs  # noqa: E402
 from agent.kernels import SUITES, load_kernel  # noqa: E402
 from agent.output import source_date_epoch  # noqa: E402
-
-
-def load_harness() -> ModuleType:
-    """The QEMU harness of the VM tests (tests/vm/qemu.py): one way to start QEMU."""
-    spec = importlib.util.spec_from_file_location("vm_qemu", ROOT / "tests" / "vm" / "qemu.py")
-    if spec is None or spec.loader is None:
-        raise SystemExit("demo: tests/vm/qemu.py missing")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from devtools import qemu  # noqa: E402
+from devtools.demo import DONE_MARKER, MARKER, build_demo_root  # noqa: E402
+from devtools.examples import EXAMPLES_INIT, bake_examples  # noqa: E402
 
 
 def stream(path: Path, stop: threading.Event) -> None:
@@ -73,10 +61,9 @@ def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
     print(f"demo: baked {', '.join(x.image for x in baked.layers)} into {initrd.name} "
           f"(packed examples, built from examples/machine.yaml)", flush=True)
     token = secrets.token_hex(6)
-    qemu = load_harness()
     log = out / f"serial-{suite}.log"
     log.write_bytes(b"")
-    append = f"loglevel=3 panic=5 {TOKEN_KEY}={token}"
+    append = f"loglevel=3 panic=5 {qemu.TOKEN_KEY}={token}"
     print(f"demo: booting {kernel.vmlinuz} with {initrd.name} ({append})", flush=True)
     stop = threading.Event()
     reader = threading.Thread(target=stream, args=(log, stop), daemon=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo import MARKER, build_demo_root, render_init
+from devtools.demo import MARKER, build_demo_root, render_init
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from agent.initramfs.build import canonicalize, write_tree
 from agent.initramfs.pyruntime import AGENT_LIB, PYTHON_LINK, build_runtime
 from agent.output import source_date_epoch
 from agent.tools import run, which
+from devtools.qemu import TOKEN_KEY
 
-TOKEN_KEY = "overlay_agent.test_token"
 MARKER = "DEMO-ROOT-OK"
 DONE_MARKER = "DEMO-ROOT-DONE"
 DIRECTORIES = ("proc", "sys", "dev", "run", "tmp", "etc", "lib/firmware", "lib/modules",
