@@ -53,6 +53,7 @@ for word in $(cat /proc/cmdline); do
   case "$word" in {TOKEN_KEY}=*) token="${{word#*=}}" ;; esac
 done
 echo "{MARKER} $token"
+echo "kernel: Linux $(uname -r)"
 overlay-agent get extensions || echo "overlay-agent get extensions: exit status $?"
 {extra_init}
 echo "{DONE_MARKER} $token"

@@ -1,8 +1,9 @@
-"""`make demo`: build the demo root and an initramfs for a fetched stock kernel, boot them under
-QEMU and stream the guest's serial console to the terminal.
+"""`make demo`: build the demo root and, per fetched stock kernel, an initramfs with the example
+extensions baked in; boot each under QEMU and stream the guest's serial console to the
+terminal. By default every kernel of `make kernels` boots, the host's own Debian release first.
 
-Fetches nothing itself (`make kernels` does). Exit status 0 when the demo root printed its
-marker with this run's token and reached its end.
+Fetches nothing itself (`make kernels` does). Exit status 0 when every boot printed the demo
+root's marker with its run's token and reached its end.
 """
 
 from __future__ import annotations
@@ -46,12 +47,35 @@ def stream(path: Path, stop: threading.Event) -> None:
         time.sleep(0.1)
 
 
-def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
+RELEASES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+
+
+def host_suite(os_release: Path = Path("/etc/os-release")) -> str | None:
+    """The host's Debian codename, when it is one we fetch kernels for."""
+    try:
+        lines = os_release.read_text().splitlines()
+    except OSError:
+        return None
+    fields = dict(line.split("=", 1) for line in lines if "=" in line)
+    codename = fields.get("VERSION_CODENAME", "").strip('"')
+    return codename if codename in SUITES else None
+
+
+def default_suites(host: str | None) -> list[str]:
+    """Every suite, the host's own first."""
+    return sorted(SUITES, key=lambda s: s != host)
+
+
+def describe(suite: str, release: str) -> str:
+    """e.g. `bookworm (Debian 12, Linux 6.1.0-41-amd64)`."""
+    return f"{suite} ({RELEASES.get(suite, 'Debian')}, Linux {release})"
+
+
+def demo_suite(suite: str, kernels: Path, out: Path, root: Path, timeout: float) -> bool:
     kernel = load_kernel(kernels, suite)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"demo: building the demo root and the initramfs for {suite} ({kernel.release})",
-          flush=True)
-    root = build_demo_root(out / "demo-root.sqsh", extra_init=EXAMPLES_INIT)
+    name = describe(suite, kernel.release)
+    print(f"\ndemo: ===== {name} =====", flush=True)
+    print(f"demo: building the initramfs for {name}", flush=True)
     plain = out / f"initrd-{suite}-plain.img"
     build_initramfs(InitramfsSpec(kernel.release, kernel.modules_dir, root_image=root,
                                   disk_modules=False), plain)
@@ -64,7 +88,7 @@ def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
     log = out / f"serial-{suite}.log"
     log.write_bytes(b"")
     append = f"loglevel=3 panic=5 {qemu.TOKEN_KEY}={token}"
-    print(f"demo: booting {kernel.vmlinuz} with {initrd.name} ({append})", flush=True)
+    print(f"demo: booting {name}: {kernel.vmlinuz} with {initrd.name} ({append})", flush=True)
     stop = threading.Event()
     reader = threading.Thread(target=stream, args=(log, stop), daemon=True)
     reader.start()
@@ -73,9 +97,10 @@ def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
     finally:
         stop.set()
         reader.join()
-    ok = bool(result.has(f"{MARKER} {token}") and result.has(f"{DONE_MARKER} {token}"))
+    ok = all(result.has(line) for line in (f"{MARKER} {token}", f"kernel: Linux {kernel.release}",
+                                           f"{DONE_MARKER} {token}"))
     state = "timed out" if result.timed_out else f"QEMU exited after {result.seconds:.1f} s"
-    print(f"\ndemo: {suite}: {'OK' if ok else 'FAILED'} ({state}); serial log in {log}",
+    print(f"\ndemo: {name}: {'OK' if ok else 'FAILED'} ({state}); serial log in {log}",
           flush=True)
     return ok
 
@@ -85,16 +110,21 @@ def main() -> int:
     ap.add_argument("--kernels", type=Path, required=True, help="cache of `make kernels`")
     ap.add_argument("--out", type=Path, required=True, help="folder for images and logs")
     ap.add_argument("--suite", action="append", choices=SUITES,
-                    help="kernel to boot (repeatable; default bookworm)")
+                    help="kernel to boot (repeatable; default: all, the host's release first)")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per boot")
     args = ap.parse_args()
+    suites = args.suite or default_suites(host_suite())
     try:
-        results = [demo_suite(s, args.kernels, args.out, args.timeout)
-                   for s in (args.suite or ["bookworm"])]
+        args.out.mkdir(parents=True, exist_ok=True)
+        print("demo: building the demo root", flush=True)
+        root = build_demo_root(args.out / "demo-root.sqsh", extra_init=EXAMPLES_INIT)
+        results = {s: demo_suite(s, args.kernels, args.out, root, args.timeout) for s in suites}
     except AgentError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1
-    return 0 if all(results) else 1
+    print("\ndemo: summary: " + "; ".join(f"{s} {'OK' if ok else 'FAILED'}"
+                                          for s, ok in results.items()), flush=True)
+    return 0 if all(results.values()) else 1
 
 
 if __name__ == "__main__":
