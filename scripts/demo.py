@@ -23,7 +23,14 @@ from agent.initramfs.build import InitramfsSpec, build_initramfs  # noqa: E402
 from agent.kernels import SUITES, load_kernel  # noqa: E402
 from agent.output import source_date_epoch  # noqa: E402
 from devtools import qemu  # noqa: E402
-from devtools.demo import DONE_MARKER, MARKER, build_demo_root  # noqa: E402
+from devtools.demo import (  # noqa: E402
+    DONE_MARKER,
+    MARKER,
+    build_demo_root,
+    default_suites,
+    describe,
+    host_suite,
+)
 from devtools.examples import EXAMPLES_INIT, bake_examples  # noqa: E402
 
 
@@ -45,30 +52,6 @@ def stream(path: Path, stop: threading.Event) -> None:
         if done:
             return
         time.sleep(0.1)
-
-
-RELEASES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
-
-
-def host_suite(os_release: Path = Path("/etc/os-release")) -> str | None:
-    """The host's Debian codename, when it is one we fetch kernels for."""
-    try:
-        lines = os_release.read_text().splitlines()
-    except OSError:
-        return None
-    fields = dict(line.split("=", 1) for line in lines if "=" in line)
-    codename = fields.get("VERSION_CODENAME", "").strip('"')
-    return codename if codename in SUITES else None
-
-
-def default_suites(host: str | None) -> list[str]:
-    """Every suite, the host's own first."""
-    return sorted(SUITES, key=lambda s: s != host)
-
-
-def describe(suite: str, release: str) -> str:
-    """e.g. `bookworm (Debian 12, Linux 6.1.0-41-amd64)`."""
-    return f"{suite} ({RELEASES.get(suite, 'Debian')}, Linux {release})"
 
 
 def demo_suite(suite: str, kernels: Path, out: Path, root: Path, timeout: float) -> bool:
