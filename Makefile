@@ -19,27 +19,37 @@ deps:
 	bash scripts/ensure-deps.sh
 
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: setup.cfg pyproject.toml | deps
+# Development tools at the exact versions of constraints.txt: lint runs as a test, so a tool's
+# new release must not change the result of `make test`.
+$(VENV)/.stamp: setup.cfg pyproject.toml constraints.txt | deps
 	$(PY_SYS) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
 kernels: venv
 	$(PY) -m agent fetch-kernels --cache $(KERNELS) $(SUITES)
 
+# Fails the target when it left anything behind that was not there before: a socket or unit of
+# ours, an overlay-agent-* entry in the temporary folder, a mount or a loop device.
+LEFTOVERS := $(PY) -m devtools.leftovers
+
 # All tiers in one run, inside a private mount namespace so no mount leaks to the host.
 test: deps venv kernels
-	unshare --mount --propagation private $(PY) -m pytest -p no:cacheprovider tests
+	$(LEFTOVERS) snapshot $(CACHE)/leftovers-test.json
+	status=0; unshare --mount --propagation private $(PY) -m pytest -p no:cacheprovider tests \
+	  || status=$$?; $(LEFTOVERS) check $(CACHE)/leftovers-test.json || status=1; exit $$status
 
 test-unit: venv
 	$(PY) -m pytest -p no:cacheprovider tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/ruff check agent devtools tests scripts bench
 	$(VENV)/bin/mypy
 
 demo: deps venv kernels
-	$(PY) scripts/demo.py --kernels $(KERNELS) --out $(CACHE)/demo
+	$(LEFTOVERS) snapshot $(CACHE)/leftovers-demo.json
+	status=0; $(PY) scripts/demo.py --kernels $(KERNELS) --out $(CACHE)/demo || status=$$?; \
+	  $(LEFTOVERS) check $(CACHE)/leftovers-demo.json || status=1; exit $$status
 
 bench: deps venv kernels
 	unshare --mount --propagation private $(PY) scripts/bench.py --kernels $(KERNELS) --out bench/results.md

@@ -160,6 +160,21 @@ def ioctl(fd: int, request: int, arg: int | bytes | bytearray = 0, path: str | N
         raise OSError(exc.errno, exc.strerror, path) from None
 
 
+LOCK_EX = fcntl.LOCK_EX
+LOCK_NB = fcntl.LOCK_NB
+
+
+def flock(fd: int, operation: int, path: str | None = None) -> bool:
+    """flock(2); with LOCK_NB, False when another open file holds the lock."""
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+    return True
+
+
 def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
     fd = _syscall(_NR["fsopen"], _b(fstype), flags)
     if fd < 0:

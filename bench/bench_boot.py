@@ -10,19 +10,14 @@ from __future__ import annotations
 import io
 import re
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "vm"))
-
-from images import BUSYBOX, initramfs, root_images  # noqa: E402
-from qemu import boot, kvm_works  # noqa: E402
-
-from agent import cpio  # noqa: E402
-from agent.boot.layout import BASE_ROOT, MODULES_LOAD, ROOT_IMAGE  # noqa: E402
-from agent.kernels import load_kernel  # noqa: E402
+from agent import cpio
+from agent.boot.layout import BASE_ROOT, MODULES_LOAD, ROOT_IMAGE
+from agent.kernels import load_kernel
+from devtools.images import BUSYBOX, initramfs, root_images
+from devtools.qemu import boot, kvm_works
 
 SUITES = ("bookworm", "trixie")
 RUNS = 5

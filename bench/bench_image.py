@@ -15,6 +15,7 @@ from agent.errors import UnpackError
 from agent.image import FetchOptions, ValidateOptions, fetch_extension, validate_extensions
 from agent.image.pack import PackOptions, pack_extension
 from agent.image.unpack import unpack_layer
+from devtools.layers import hostile_cases
 
 FILES = 2000
 TOTAL = 32 << 20
@@ -44,8 +45,6 @@ def best(fn: Callable[[int], object]) -> float:
 
 
 def hostile_layers() -> list[bytes]:
-    from tests.unit.image.test_unpack_hostile import hostile_cases
-
     return [c[1][0] for c in hostile_cases(Path("/x")) if len(c[1]) == 1]
 
 

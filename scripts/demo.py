@@ -1,41 +1,37 @@
-"""`make demo`: build the demo root and an initramfs for a fetched stock kernel, boot them under
-QEMU and stream the guest's serial console to the terminal.
+"""`make demo`: build the demo root and, per fetched stock kernel, an initramfs with the example
+extensions baked in; boot each under QEMU and stream the guest's serial console to the
+terminal. By default every kernel of `make kernels` boots, the host's own Debian release first.
 
-Fetches nothing itself (`make kernels` does). Exit status 0 when the demo root printed its
-marker with this run's token and reached its end.
+Fetches nothing itself (`make kernels` does). Exit status 0 when every boot printed the demo
+root's marker with its run's token and reached its end.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import secrets
 import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))     # devtools/ lives beside agent/, outside the installed package
 
-from agent.bake.demo import EXAMPLES_INIT, bake_examples  # noqa: E402
-from agent.demo import DONE_MARKER, MARKER, TOKEN_KEY, build_demo_root  # noqa: E402
 from agent.errors import AgentError  # noqa: E402
 from agent.initramfs.build import InitramfsSpec, build_initramfs  # noqa: E402
 from agent.kernels import SUITES, load_kernel  # noqa: E402
 from agent.output import source_date_epoch  # noqa: E402
-
-
-def load_harness() -> ModuleType:
-    """The QEMU harness of the VM tests (tests/vm/qemu.py): one way to start QEMU."""
-    spec = importlib.util.spec_from_file_location("vm_qemu", ROOT / "tests" / "vm" / "qemu.py")
-    if spec is None or spec.loader is None:
-        raise SystemExit("demo: tests/vm/qemu.py missing")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from devtools import qemu  # noqa: E402
+from devtools.demo import (  # noqa: E402
+    DONE_MARKER,
+    MARKER,
+    build_demo_root,
+    default_suites,
+    describe,
+    host_suite,
+)
+from devtools.examples import EXAMPLES_INIT, bake_examples  # noqa: E402
 
 
 def stream(path: Path, stop: threading.Event) -> None:
@@ -58,12 +54,11 @@ def stream(path: Path, stop: threading.Event) -> None:
         time.sleep(0.1)
 
 
-def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
+def demo_suite(suite: str, kernels: Path, out: Path, root: Path, timeout: float) -> bool:
     kernel = load_kernel(kernels, suite)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"demo: building the demo root and the initramfs for {suite} ({kernel.release})",
-          flush=True)
-    root = build_demo_root(out / "demo-root.sqsh", extra_init=EXAMPLES_INIT)
+    name = describe(suite, kernel.release)
+    print(f"\ndemo: ===== {name} =====", flush=True)
+    print(f"demo: building the initramfs for {name}", flush=True)
     plain = out / f"initrd-{suite}-plain.img"
     build_initramfs(InitramfsSpec(kernel.release, kernel.modules_dir, root_image=root,
                                   disk_modules=False), plain)
@@ -73,11 +68,10 @@ def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
     print(f"demo: baked {', '.join(x.image for x in baked.layers)} into {initrd.name} "
           f"(packed examples, built from examples/machine.yaml)", flush=True)
     token = secrets.token_hex(6)
-    qemu = load_harness()
     log = out / f"serial-{suite}.log"
     log.write_bytes(b"")
-    append = f"loglevel=3 panic=5 {TOKEN_KEY}={token}"
-    print(f"demo: booting {kernel.vmlinuz} with {initrd.name} ({append})", flush=True)
+    append = f"loglevel=3 panic=5 {qemu.TOKEN_KEY}={token}"
+    print(f"demo: booting {name}: {kernel.vmlinuz} with {initrd.name} ({append})", flush=True)
     stop = threading.Event()
     reader = threading.Thread(target=stream, args=(log, stop), daemon=True)
     reader.start()
@@ -86,9 +80,10 @@ def demo_suite(suite: str, kernels: Path, out: Path, timeout: float) -> bool:
     finally:
         stop.set()
         reader.join()
-    ok = bool(result.has(f"{MARKER} {token}") and result.has(f"{DONE_MARKER} {token}"))
+    ok = all(result.has(line) for line in (f"{MARKER} {token}", f"kernel: Linux {kernel.release}",
+                                           f"{DONE_MARKER} {token}"))
     state = "timed out" if result.timed_out else f"QEMU exited after {result.seconds:.1f} s"
-    print(f"\ndemo: {suite}: {'OK' if ok else 'FAILED'} ({state}); serial log in {log}",
+    print(f"\ndemo: {name}: {'OK' if ok else 'FAILED'} ({state}); serial log in {log}",
           flush=True)
     return ok
 
@@ -98,16 +93,21 @@ def main() -> int:
     ap.add_argument("--kernels", type=Path, required=True, help="cache of `make kernels`")
     ap.add_argument("--out", type=Path, required=True, help="folder for images and logs")
     ap.add_argument("--suite", action="append", choices=SUITES,
-                    help="kernel to boot (repeatable; default bookworm)")
+                    help="kernel to boot (repeatable; default: all, the host's release first)")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per boot")
     args = ap.parse_args()
+    suites = args.suite or default_suites(host_suite())
     try:
-        results = [demo_suite(s, args.kernels, args.out, args.timeout)
-                   for s in (args.suite or ["bookworm"])]
+        args.out.mkdir(parents=True, exist_ok=True)
+        print("demo: building the demo root", flush=True)
+        root = build_demo_root(args.out / "demo-root.sqsh", extra_init=EXAMPLES_INIT)
+        results = {s: demo_suite(s, args.kernels, args.out, root, args.timeout) for s in suites}
     except AgentError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1
-    return 0 if all(results) else 1
+    print("\ndemo: summary: " + "; ".join(f"{s} {'OK' if ok else 'FAILED'}"
+                                          for s, ok in results.items()), flush=True)
+    return 0 if all(results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from agent.bake.depmod import ModulesPlan, build_modules_layer, modules_metadata
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.segments import merged_members, split_segments
 from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
+from agent.bake.workdir import work_folder
 from agent.errors import AgentError, BuildError, ValidationFailed
 from agent.image.model import FetchOptions, UnpackedExtension
 from agent.log import get_logger
@@ -246,8 +246,7 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
     if request.max_size is not None and len(blob) > request.max_size:
         problems.append(f"{request.initramfs}: already {len(blob)} bytes, over --max-size "
                         f"{request.max_size} before any extension")
-    with tempfile.TemporaryDirectory(prefix="overlay-agent-build.") as tmp:
-        work = Path(tmp)
+    with work_folder() as work:
         unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once
         exts, found = fetch_all(unique, work / "staging", request, progress) \
             if len(unique) <= listfile.MAX_LAYERS else ([], [])

@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,7 +228,3 @@ def build_runtime(entry_modules: Sequence[str] = ENTRY_MODULES, *, mtime: int = 
     entries += interpreter_link_entries(py, mtime)
     elf_images = tuple(image_path(f, roots) for f in closure.files)
     return Runtime(tuple(entries), elf_images, str(py))
-
-
-def runtime_size(entries: Iterable[cpio.Entry]) -> int:
-    return sum(len(e.content()) for e in entries if stat.S_ISREG(e.mode))

@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 from bake_support import ROOT, debian_style_initrd
 
-from agent.bake.demo import bake_examples
 from agent.bake.segments import merged_members, split_segments
+from devtools.examples import bake_examples
 
 
 def test_examples_are_packed_and_baked(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A build killed with SIGKILL at random moments never leaves a partial OUT."""
+"""A build killed with SIGKILL at random moments never leaves a partial OUT, and the next
+build removes the work folder the killed one left."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 from bake_support import ROOT, debian_style_initrd, make_extension, overlay_agent
+
+from agent.bake.workdir import PREFIX
 
 TRIALS = 24
 
@@ -33,7 +36,10 @@ def test_sigkill_never_leaves_a_partial_output(tmp_path: Path) -> None:
                   "-o", reference)
     duration = time.monotonic() - started
     new = reference.read_bytes()
-    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
+    temp = tmp_path / "temp"            # the killed builds' work folders land here, not in /tmp
+    temp.mkdir()
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000", TMPDIR=str(temp))
+    left = 0
     outcomes = {"old": 0, "new": 0}
     for trial in range(TRIALS):
         if trial >= TRIALS // 2:
@@ -59,4 +65,11 @@ def test_sigkill_never_leaves_a_partial_output(tmp_path: Path) -> None:
                 leftover.unlink()
         if got == new and old:
             out.write_bytes(old)           # the next trial starts from the old OUT again
+        work = list(temp.glob(f"{PREFIX}*"))
+        assert len(work) <= 1, work        # each build removed the previous killed one's
+        left += len(work)
     assert outcomes["old"] > 0, outcomes   # some kills did land before the rename
+    assert left > 0                        # some kills did leave a work folder behind
+    subprocess.run([sys.executable, "-m", "agent", *args, "--extension", f"dir:{other}",
+                    "-o", str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert list(temp.iterdir()) == []

@@ -11,7 +11,7 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_clean() -> None:
-    proc = subprocess.run([str(BIN / "ruff"), "check", "agent", "tests", "scripts"],
+    proc = subprocess.run([str(BIN / "ruff"), "check", "agent", "devtools", "tests", "scripts", "bench"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

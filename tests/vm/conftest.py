@@ -6,10 +6,10 @@ import secrets
 from pathlib import Path
 
 import pytest
-from images import Machine, initramfs, root_images
 
 from agent.errors import SourceError
 from agent.kernels import load_kernel
+from devtools.images import Machine, initramfs, root_images
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_CACHE = ROOT / ".cache" / "kernels"

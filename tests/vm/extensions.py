@@ -17,10 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from images import CACHE, inputs_key, prune
-
 from agent import cpio
 from agent.kernels import Kernel
+from devtools.images import CACHE, inputs_key, prune
 
 SCENARIO_KEY = "oa_test.scenario"   # dotted: the kernel keeps it from init's arguments
 RELEASE = "@RELEASE@"               # in a pattern: the guest's kernel release, as an ERE

@@ -31,14 +31,14 @@ from extensions import (
     read_verdicts,
     render_checks,
 )
-from images import BOOT_TIMEOUT, BUSYBOX, CACHE, initramfs, prune
-from qemu import BootResult, boot
 from test_boot import assert_fatal
 
 from agent import cpio
-from agent.demo import CLI_WRAPPER, DONE_MARKER, MARKER, TOKEN_KEY, build_demo_root
 from agent.errors import SourceError
 from agent.kernels import Kernel, load_kernel
+from devtools.demo import CLI_WRAPPER, DONE_MARKER, MARKER, build_demo_root
+from devtools.images import BOOT_TIMEOUT, BUSYBOX, CACHE, initramfs, prune
+from devtools.qemu import TOKEN_KEY, BootResult, boot
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("bookworm", "trixie")

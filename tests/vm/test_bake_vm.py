@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from qemu import boot
 
 from agent import cpio, listfile
 from agent.bake.segments import merged_members, split_segments
 from agent.errors import SourceError
 from agent.kernels import load_kernel
+from devtools.qemu import boot
 
 ROOT = Path(__file__).resolve().parents[2]
 BUSYBOX = Path("/bin/busybox")
@@ -94,9 +94,9 @@ def test_booted_system_loads_a_module_only_an_extension_ships(tmp_path: Path) ->
     modules, an extension shipping zram (+ its dependency); after the boot, `modprobe zram`
     in the booted root loads them from the overlay, indexed by the modules.dep layer."""
     from agent.bake.build import BuildRequest, build_initramfs
-    from agent.demo import DONE_MARKER, build_demo_root
     from agent.initramfs.build import InitramfsSpec
     from agent.initramfs.build import build_initramfs as build_agent_initramfs
+    from devtools.demo import DONE_MARKER, build_demo_root
 
     try:
         kernel = load_kernel(ROOT / ".cache" / "kernels", "bookworm")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from images import EXT4_UUID, GPT_ROOT_LABEL, Machine, gpt_disk
-from qemu import BootResult
+from devtools.images import EXT4_UUID, GPT_ROOT_LABEL, Machine, gpt_disk
+from devtools.qemu import BootResult
 
 HANDED_OVER = re.compile(r"ROOT-INIT pid=1 root=ro api= /dev /proc /sys /run args=(.*) "
                          r"token=(\w+)")

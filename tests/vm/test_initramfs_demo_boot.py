@@ -7,12 +7,12 @@ import secrets
 from pathlib import Path
 
 import pytest
-from qemu import boot
 
-from agent.demo import DONE_MARKER, MARKER, TOKEN_KEY, build_demo_root
 from agent.errors import SourceError
 from agent.initramfs.build import InitramfsSpec, build_initramfs
 from agent.kernels import load_kernel
+from devtools.demo import DONE_MARKER, MARKER, build_demo_root
+from devtools.qemu import TOKEN_KEY, boot
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "kernels"
 CHECK = 'python3 -IS -c "import sys; print(\'ROOT-PY\', sys.prefix)"'

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
@@ -16,9 +15,7 @@ import pytest
 
 from agent.errors import UnpackError
 from agent.image.unpack import apply_dir_modes, unpack_layer
-from tests.unit.image.layers import M, layer
-
-LIMIT = 1 << 20
+from devtools.layers import LIMIT, M, bombs, hostile_cases, layer
 
 
 def snapshot(top: Path, skip: Path) -> dict[str, tuple[int, bytes]]:
@@ -54,70 +51,6 @@ def unpack(staging: Path, *layers: bytes, limit: int = LIMIT) -> None:
     for i, data in enumerate(layers):
         modes.update(unpack_layer(io.BytesIO(data), staging, f"src: layer {i}", limit))
     apply_dir_modes(modes)
-
-
-@functools.cache
-def bombs() -> tuple[bytes, bytes]:
-    """8 MiB of zeros gzipped to a few KiB; 3000 empty members (headers only)."""
-    return (layer(M("zeros", data=bytes(8 * LIMIT)), gz=True),
-            layer(*(M(f"e{i}", data=b"") for i in range(3000)), gz=True))
-
-
-def hostile_cases(outside: Path) -> list[tuple[str, list[bytes], str]]:
-    out = str(outside)
-    return [
-        ("dotdot", [layer(M("../escape"))],
-         "member '../escape': '..' components are not allowed"),
-        ("dotdot-deep", [layer(M("a/../../escape"))],
-         "member 'a/../../escape': '..' components are not allowed"),
-        ("absolute", [layer(M(f"{out}/abs"))],
-         f"member '{out}/abs': absolute member names are not allowed"),
-        ("symlink-absolute", [layer(M("link", "sym", link=out), M("link/pwned"))],
-         f"member 'link/pwned': writes through symlink 'link' -> '{out}', which points "
-         "outside the staging folder"),
-        ("symlink-relative", [layer(M("d", "dir"), M("d/link", "sym", link="../../outside"),
-                                    M("d/link/pwned"))],
-         "member 'd/link/pwned': writes through symlink 'd/link' -> '../../outside', which "
-         "points outside the staging folder"),
-        ("symlink-chain", [layer(M("a", "sym", link="b"), M("b", "sym", link="../outside"),
-                                 M("a/pwned"))],
-         "member 'a/pwned': writes through symlink 'b' -> '../outside', which points outside "
-         "the staging folder"),
-        ("symlink-earlier-layer", [layer(M("link", "sym", link=out)),
-                                   layer(M("link/pwned"))],
-         f"member 'link/pwned': writes through symlink 'link' -> '{out}', which points "
-         "outside the staging folder"),
-        ("symlink-loop", [layer(M("a", "sym", link="b"), M("b", "sym", link="a"),
-                                M("a/x"))],
-         "member 'a/x': too many levels of symlinks"),
-        ("hardlink-absolute", [layer(M("h", "link", link=f"{out}/secret"))],
-         f"member 'h': hard link target '{out}/secret' is outside the staging folder"),
-        ("hardlink-dotdot", [layer(M("h", "link", link="../outside/secret"))],
-         "member 'h': hard link target '../outside/secret' is outside the staging folder"),
-        ("hardlink-through-symlink", [layer(M("l", "sym", link=out),
-                                            M("h", "link", link="l/secret"))],
-         f"member 'h': writes through symlink 'l' -> '{out}', which points outside the "
-         "staging folder"),
-        ("hardlink-missing", [layer(M("h", "link", link="nothing"))],
-         "member 'h': hard link target 'nothing' does not exist"),
-        ("char-device", [layer(M("null", "chr"))], "member 'null': device files are not allowed"),
-        ("block-device", [layer(M("sda", "blk"))], "member 'sda': device files are not allowed"),
-        ("fifo", [layer(M("pipe", "fifo"))], "member 'pipe': fifos are not allowed"),
-        ("whiteout-through-symlink", [layer(M("l", "sym", link=out)),
-                                      layer(M("l/.wh.secret"))],
-         f"member 'l/.wh.secret': writes through symlink 'l' -> '{out}', which points outside "
-         "the staging folder"),
-        ("opaque-through-symlink", [layer(M("l", "sym", link="../outside")),
-                                    layer(M("l/.wh..wh..opq"))],
-         "member 'l/.wh..wh..opq': writes through symlink 'l' -> '../outside', which points "
-         "outside the staging folder"),
-        ("gzip-bomb", [bombs()[0]],
-         f"src: layer 0: unpacks to more than the limit of {LIMIT} bytes"),
-        ("size-lie", [layer(M("huge", size=5 * 2**30))],
-         f"src: layer 0: unpacks to more than the limit of {LIMIT} bytes"),
-        ("header-bomb", [bombs()[1]],
-         f"src: layer 0: unpacks to more than the limit of {LIMIT} bytes"),
-    ]
 
 
 CASE_NAMES = [c[0] for c in hostile_cases(Path("/x"))]

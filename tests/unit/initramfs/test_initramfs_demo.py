@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo import MARKER, build_demo_root, render_init
+from devtools.demo import MARKER, build_demo_root, default_suites, describe, host_suite, render_init
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,24 @@ def test_init_prints_the_token_marker_and_extra_lines() -> None:
 def test_same_inputs_give_the_same_image(image: Path, tmp_path: Path) -> None:
     again = build_demo_root(tmp_path / "again.sqsh", extra_init="echo EXTRA-LINE")
     assert again.read_bytes() == image.read_bytes()
+
+
+@pytest.mark.parametrize("os_release,host,order", [
+    ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_CODENAME=trixie\n', "trixie",
+     ["trixie", "bookworm"]),
+    ("VERSION_CODENAME=bookworm\n", "bookworm", ["bookworm", "trixie"]),
+    ('VERSION_CODENAME="noble"\nID=ubuntu\n', None, ["bookworm", "trixie"]),
+    ("ID=debian\n", None, ["bookworm", "trixie"]),        # sid: no codename
+])
+def test_demo_boots_every_kernel_the_hosts_first(tmp_path: Path, os_release: str,
+                                                 host: str | None, order: list[str]) -> None:
+    path = tmp_path / "os-release"
+    path.write_text(os_release)
+    assert host_suite(path) == host
+    assert default_suites(host) == order
+
+
+def test_demo_names_each_kernel() -> None:
+    assert host_suite(Path("/nonexistent/os-release")) is None
+    assert describe("trixie", "6.12.57+deb13-amd64") == "trixie (Debian 13, Linux 6.12.57+deb13-amd64)"
+    assert 'echo "kernel: Linux $(uname -r)"' in render_init()

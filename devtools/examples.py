@@ -1,7 +1,8 @@
 """The demo's bake step: pack the example extension folders into images, then `build`
 from a machine config that names those images (the seed's install flow, end to end).
 
-`scripts/demo.py` calls `bake_examples` with the agent's own initramfs.
+`scripts/demo.py` calls `bake_examples` with the agent's own initramfs; a kernel-tier test
+bakes them onto a Debian-style one.
 """
 
 from __future__ import annotations

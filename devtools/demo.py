@@ -12,10 +12,11 @@ from agent import cpio
 from agent.errors import BuildError
 from agent.initramfs.build import canonicalize, write_tree
 from agent.initramfs.pyruntime import AGENT_LIB, PYTHON_LINK, build_runtime
+from agent.kernels import SUITES
 from agent.output import source_date_epoch
 from agent.tools import run, which
+from devtools.qemu import TOKEN_KEY
 
-TOKEN_KEY = "overlay_agent.test_token"
 MARKER = "DEMO-ROOT-OK"
 DONE_MARKER = "DEMO-ROOT-DONE"
 DIRECTORIES = ("proc", "sys", "dev", "run", "tmp", "etc", "lib/firmware", "lib/modules",
@@ -33,6 +34,30 @@ NAME="overlay-agent demo"
 ID=overlay-agent-demo
 VERSION_ID=1.0
 """
+
+
+RELEASES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+
+
+def host_suite(os_release: Path = Path("/etc/os-release")) -> str | None:
+    """The host's Debian codename, when it is one we fetch kernels for."""
+    try:
+        lines = os_release.read_text().splitlines()
+    except OSError:
+        return None
+    fields = dict(line.split("=", 1) for line in lines if "=" in line)
+    codename = fields.get("VERSION_CODENAME", "").strip('"')
+    return codename if codename in SUITES else None
+
+
+def default_suites(host: str | None) -> list[str]:
+    """Every suite, the host's own first."""
+    return sorted(SUITES, key=lambda s: s != host)
+
+
+def describe(suite: str, release: str) -> str:
+    """e.g. `bookworm (Debian 12, Linux 6.1.0-41-amd64)`."""
+    return f"{suite} ({RELEASES.get(suite, 'Debian')}, Linux {release})"
 
 
 def render_init(extra_init: str = "") -> str:
@@ -53,6 +78,7 @@ for word in $(cat /proc/cmdline); do
   case "$word" in {TOKEN_KEY}=*) token="${{word#*=}}" ;; esac
 done
 echo "{MARKER} $token"
+echo "kernel: Linux $(uname -r)"
 overlay-agent get extensions || echo "overlay-agent get extensions: exit status $?"
 {extra_init}
 echo "{DONE_MARKER} $token"

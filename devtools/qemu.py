@@ -17,7 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+KVM_CACHE = ROOT / ".cache" / "kvm-probe"   # "BOOT_ID 0|1": not in /tmp, which tests keep clean
 QEMU = "qemu-system-x86_64"
+# The kernel command line key a boot's token travels under; the test and demo roots read it
+# from /proc/cmdline (PID 1 passes it through).
+TOKEN_KEY = "overlay_agent.test_token"
 MEMORY_MB = 512
 KVM_PROBE_LIMIT = 2.0   # seconds; TCG runs the probe in about 0.1 s, a working KVM faster
 KVM_ENV = "OVERLAY_AGENT_KVM"  # "1"/"0" overrides the probe
@@ -75,18 +80,22 @@ def _probe_kvm() -> bool:
 
 
 def kvm_works() -> bool:
-    """Probe once per host boot (answer cached in the temp folder under the boot id)."""
+    """Probe once per host boot (answer cached in .cache under the boot id)."""
     global _kvm_answer
     if os.environ.get(KVM_ENV) in ("0", "1"):
         return os.environ[KVM_ENV] == "1"
     if _kvm_answer is None:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        cache = Path(tempfile.gettempdir()) / f"overlay-agent-kvm-{boot_id}"
         try:
-            _kvm_answer = cache.read_text() == "1"
-        except OSError:
+            cached_id, answer = KVM_CACHE.read_text().split()
+        except (OSError, ValueError):
+            cached_id, answer = "", ""
+        if cached_id == boot_id:
+            _kvm_answer = answer == "1"
+        else:
             _kvm_answer = _probe_kvm()
-            cache.write_text("1" if _kvm_answer else "0")
+            KVM_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            KVM_CACHE.write_text(f"{boot_id} {int(_kvm_answer)}\n")
     return _kvm_answer
 
 

@@ -11,18 +11,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemu import BootResult, boot
-
 from agent import cpio
 from agent.initramfs.build import InitramfsSpec, build_initramfs
 from agent.kernels import Kernel
 from agent.tools import run
+from devtools.qemu import TOKEN_KEY, BootResult, boot
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "vm-fixtures"
 BUSYBOX = Path("/bin/busybox")
 EXT4_UUID = "5e0c1f2a-9b7d-4e36-a1c8-0d2f4b6e8a13"
-TOKEN_KEY = "overlay_agent.test_token"
 KEEP_PER_SUITE = 4     # images of the current and the previous set of inputs
 BOOT_TIMEOUT = 120.0   # TCG on a shared 2-core machine; a boot takes 6-20 s
 
@@ -141,7 +139,7 @@ class Machine:
             initrd = self.initrd_with_root if with_root else self.initrd_plain
         if token:
             kernel_part, sep, init_part = append.partition(" -- ")
-            append = f"{kernel_part} overlay_agent.test_token={token}{sep}{init_part}"
+            append = f"{kernel_part} {TOKEN_KEY}={token}{sep}{init_part}"
         return boot(self.kernel.vmlinuz, initrd, append, disk=disk, timeout=BOOT_TIMEOUT,
                     serial_log=self.logs / f"{self.kernel.suite}-{name}.log")
 
