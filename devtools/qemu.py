@@ -22,7 +22,7 @@ KVM_CACHE = ROOT / ".cache" / "kvm-probe"   # "BOOT_ID 0|1": not in /tmp, which 
 QEMU = "qemu-system-x86_64"
 # The kernel command line key a boot's token travels under; the test and demo roots read it
 # from /proc/cmdline (PID 1 passes it through).
-TOKEN_KEY = "overlay_agent.test_token"
+TOKEN_KEY = "oa_test.token"   # not ours, so PID 1 leaves it alone; dotted: kept from init
 MEMORY_MB = 512
 KVM_PROBE_LIMIT = 2.0   # seconds; TCG runs the probe in about 0.1 s, a working KVM faster
 KVM_ENV = "OVERLAY_AGENT_KVM"  # "1"/"0" overrides the probe

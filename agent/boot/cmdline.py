@@ -62,7 +62,6 @@ class BootParams(Value):
         "rootwait_limit",
         "skip",
         "strict",
-        "test_token",
     )
     root: RootSpec | None
     rootfstype: str | None
@@ -78,7 +77,6 @@ class BootParams(Value):
     skip: frozenset[str]
     strict: bool
     debug: bool
-    test_token: str | None
     notes: tuple[str, ...]     # harmless oddities, printed at boot
     problems: tuple[str, ...]  # unusable keys, each message starting with its key
 
@@ -87,12 +85,12 @@ class BootParams(Value):
                  rootwait: bool = False, rootwait_limit: float | None = None,
                  rootdelay: float | None = None, panic: int = 0,
                  quiet: bool = False, disable: bool = False, skip: frozenset[str] = frozenset(),
-                 strict: bool = False, debug: bool = False, test_token: str | None = None,
+                 strict: bool = False, debug: bool = False,
                  notes: tuple[str, ...] = (), problems: tuple[str, ...] = ()) -> None:
         self._set(root=root, rootfstype=rootfstype, rootflags=rootflags, init=init,
                   init_args=init_args, rootwait=rootwait, rootwait_limit=rootwait_limit,
                   rootdelay=rootdelay, panic=panic, quiet=quiet, disable=disable, skip=skip,
-                  strict=strict, debug=debug, test_token=test_token, notes=notes,
+                  strict=strict, debug=debug, notes=notes,
                   problems=problems)
 
     @property
@@ -218,8 +216,6 @@ def _apply_own(name: str, has_value: bool, value: str, values: dict[str, object]
         values[name] = _flag(PREFIX + name, value)
     elif name == "skip" and has_value:
         skip.update(part for part in value.split(",") if part)
-    elif name == "test_token" and has_value:
-        values["test_token"] = value
     else:
         notes.append(f"{PREFIX}{name}: unknown key, ignored")
 

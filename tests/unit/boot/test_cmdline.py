@@ -72,13 +72,13 @@ def test_everything() -> None:
     params = parse_cmdline(
         'root=UUID=abcd rootfstype=ext4 rootflags=noload rw init=/bin/sh rootdelay=2.5 '
         'panic=-1 quiet overlay_agent.disable overlay_agent.strict=1 overlay_agent.debug=no '
-        'overlay_agent.skip=a,b, overlay_agent.skip=c overlay_agent.test_token=t0k '
+        'overlay_agent.skip=a,b, overlay_agent.skip=c oa_test.token=t0k '
         'overlay_agent.bogus=1 -- single x=y')
     assert params == BootParams(
         root=RootSpec(RootKind.UUID, "abcd"), rootfstype="ext4", rootflags="noload",
         init="/bin/sh", init_args=("single", "x=y"), rootdelay=2.5,
         panic=-1, quiet=True, disable=True, skip=frozenset({"a", "b", "c"}), strict=True,
-        debug=False, test_token="t0k",
+        debug=False,
         notes=("rw ignored: the root is always mounted read-only",
                "overlay_agent.bogus: unknown key, ignored"))
     assert params.root_timeout == 2.5
