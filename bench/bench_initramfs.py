@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from agent import cpio
-from agent.initramfs.build import InitramfsSpec, build_initramfs
+from agent.initramfs.build import InitramfsSpec, make_initramfs
 from agent.initramfs.pyruntime import ENTRY_MODULES, build_runtime
 from agent.kernels import SUITES, load_kernel
 
@@ -54,7 +54,7 @@ def run(out: Path, kernels: Path) -> None:
             k = load_kernel(kernels, suite)
             for disk in (True, False):
                 start = time.monotonic()
-                report = build_initramfs(
+                report = make_initramfs(
                     InitramfsSpec(k.release, k.modules_dir, disk_modules=disk, mtime=0),
                     Path(tmp) / f"{suite}-{disk}.img")
                 took = time.monotonic() - start

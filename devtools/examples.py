@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.bake.build import BuildRequest, BuildResult, Progress, build_initramfs
+from agent.bake.build import BuildRequest, BuildResult, Progress, bake_initramfs
 from agent.bake.config import load_documents, validate_documents
 from agent.bake.squash import Compression
 from agent.errors import ValidationFailed
@@ -55,6 +55,6 @@ def bake_examples(examples: Path, initramfs: Path, output: Path, work: Path, *,
                   epoch: int = 0, progress: Progress | None = None) -> BuildResult:
     """Pack examples/*, then bake them with `examples/machine.yaml` into OUTPUT."""
     config = pack_sources(examples / "machine.yaml", examples.parent, work, epoch)
-    return build_initramfs(BuildRequest(
+    return bake_initramfs(BuildRequest(
         initramfs=initramfs, output=output, config=config, os_version=os_version,
         base_root=base_root, compression=Compression.ZSTD, epoch=epoch), progress)

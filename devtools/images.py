@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import cpio
-from agent.initramfs.build import InitramfsSpec, build_initramfs
+from agent.initramfs.build import InitramfsSpec, make_initramfs
 from agent.kernels import Kernel
 from agent.tools import run
 from devtools.qemu import TOKEN_KEY, BootResult, boot
@@ -110,7 +110,7 @@ def initramfs(kernel: Kernel, root_image: Path | None, cache: Path = CACHE) -> P
     if not out.exists():
         spec = InitramfsSpec(kernel_release=kernel.release, modules_dir=kernel.modules_dir,
                              root_image=root_image)
-        build_initramfs(spec, out)
+        make_initramfs(spec, out)
         prune(cache, f"initrd-{kernel.suite}-*", keep=KEEP_PER_SUITE)
     return out
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))     # devtools/ lives beside agent/, outside the installed package
 
 from agent.errors import AgentError  # noqa: E402
-from agent.initramfs.build import InitramfsSpec, build_initramfs  # noqa: E402
+from agent.initramfs.build import InitramfsSpec, make_initramfs  # noqa: E402
 from agent.kernels import SUITES, load_kernel  # noqa: E402
 from agent.output import source_date_epoch  # noqa: E402
 from devtools import qemu  # noqa: E402
@@ -60,7 +60,7 @@ def demo_suite(suite: str, kernels: Path, out: Path, root: Path, timeout: float)
     print(f"\ndemo: ===== {name} =====", flush=True)
     print(f"demo: building the initramfs for {name}", flush=True)
     plain = out / f"initrd-{suite}-plain.img"
-    build_initramfs(InitramfsSpec(kernel.release, kernel.modules_dir, root_image=root,
+    make_initramfs(InitramfsSpec(kernel.release, kernel.modules_dir, root_image=root,
                                   disk_modules=False), plain)
     initrd = out / f"initrd-{suite}.img"
     baked = bake_examples(ROOT / "examples", plain, initrd, out / "bake", base_root=root,

@@ -118,25 +118,19 @@ def read_input(path: Path) -> tuple[bytes, dict[str, cpio.Entry], list[str]]:
     return blob, members, []
 
 
-def fetch_all(sources: Sequence[str], staging: Path, request: BuildRequest,
-              progress: Progress | None) -> tuple[list[UnpackedExtension], list[str]]:
-    """Fetch every source, even after one fails, so that every problem is reported at once."""
-    from agent.image import fetch_extension
+def fetch_sources(sources: Sequence[str], staging: Path, request: BuildRequest,
+                  progress: Progress | None) -> tuple[list[UnpackedExtension], list[str]]:
+    """Every source fetched (agent.image.fetch.fetch_all), logged, and shown as progress."""
+    from agent.image.fetch import fetch_all
 
-    fetched: list[UnpackedExtension] = []
-    problems: list[str] = []
-    for i, source in enumerate(sources):
-        try:
-            ext = fetch_extension(source, staging / f"{i:03d}", request.fetch)
-        except AgentError as exc:
-            problems.append(str(exc))
-            continue
-        fetched.append(ext)
-        log.info("fetched", source=source, digest=ext.digest,
+    def fetched(i: int, ext: UnpackedExtension) -> None:
+        log.info("fetched", source=ext.source, digest=ext.digest,
                  name=ext.metadata.name if ext.metadata else None)
         if progress is not None:
-            progress(f"[{i + 1}/{len(sources)}] fetched {source}")
-    return fetched, problems
+            progress(f"[{i + 1}/{len(sources)}] fetched {ext.source}")
+
+    exts, problems = fetch_all(sources, staging, request.fetch, fetched)
+    return exts, [str(p) for p in problems]
 
 
 def validate_all(exts: Sequence[UnpackedExtension], request: BuildRequest) -> list[str]:
@@ -238,7 +232,7 @@ def check_size(request: BuildRequest, input_size: int, archive_size: int) -> int
     return total
 
 
-def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> BuildResult:
+def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> BuildResult:
     """Validate everything first; write OUT only when every extension is good."""
     sources, problems = gather_sources(request)
     blob, members, found = read_input(request.initramfs)
@@ -248,7 +242,7 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
                         f"{request.max_size} before any extension")
     with work_folder() as work:
         unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once
-        exts, found = fetch_all(unique, work / "staging", request, progress) \
+        exts, found = fetch_sources(unique, work / "staging", request, progress) \
             if len(unique) <= listfile.MAX_LAYERS else ([], [])
         problems += found
         if exts:

@@ -106,7 +106,7 @@ def format_table(rows: list[list[str]]) -> str:
                      .rstrip() for row in rows) + "\n"
 
 
-def render_table(report: InitramfsReport) -> str:
+def render_report(report: InitramfsReport) -> str:
     seg_rows = [["SEGMENT", "OFFSET", "LENGTH", "FORMAT", "UNPACKED", "MEMBERS"]]
     seg_rows += [[str(s.index), str(s.offset), str(s.length), s.format.value,
                   str(s.unpacked_size), str(len(s.entries))] for s in report.segments]

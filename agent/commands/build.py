@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from agent.bake.build import BuildRequest, build_initramfs
+    from agent.bake.build import BuildRequest, bake_initramfs
     from agent.bake.squash import Compression
     from agent.output import source_date_epoch
 
@@ -54,7 +54,7 @@ def run_build(args: argparse.Namespace) -> int:
         policy=args.policy, epoch=source_date_epoch(), jobs=args.jobs)
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) \
         if sys.stderr.isatty() else None
-    result = build_initramfs(request, progress)
+    result = bake_initramfs(request, progress)
     print(f"{result.output}: {result.output_size} bytes ({result.input_size} input + "
           f"{result.output_size - result.input_size} extensions), "
           f"{len(result.layers)} layer(s)")

@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from agent.bake.inspect import inspect_initramfs, render_table, report_dict
+    from agent.bake.inspect import inspect_initramfs, render_report, report_dict
 
     report = inspect_initramfs(args.initramfs)
     if args.output == "json":
@@ -31,5 +31,5 @@ def run_inspect(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(report_dict(report), sort_keys=False), end="")
     else:
-        print(render_table(report), end="")
+        print(render_report(report), end="")
     return 0 if report.all_match else 1

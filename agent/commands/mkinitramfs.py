@@ -34,12 +34,12 @@ def register(subparsers: Any) -> None:
 
 
 def run_mkinitramfs(args: argparse.Namespace) -> int:
-    from agent.initramfs.build import InitramfsSpec, build_initramfs
+    from agent.initramfs.build import InitramfsSpec, make_initramfs
 
     spec = InitramfsSpec(args.kernel_release, args.modules_dir, root_image=args.root_image,
                          disk_modules=not args.no_disk_modules, compression=args.compression,
                          extra_modules=tuple(args.module))
-    report = build_initramfs(spec, args.output)
+    report = make_initramfs(spec, args.output)
     print(f"{report.out}: {report.size} bytes ({args.compression}), {report.members} members, "
           f"{len(report.modules)} kernel modules, {len(report.elf_files)} ELF files")
     return 0

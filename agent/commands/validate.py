@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.commands.options import add_fetch_arguments, fetch_options
-from agent.errors import SourceError, UnpackError
 
 # The image modules (tarfile, lzma, bz2...) are imported when a command runs, not when the
 # parser is built: the booted system's `overlay-agent get` must not carry them.
 if TYPE_CHECKING:
-    from agent.image import FetchOptions, Problem, UnpackedExtension
+    pass
 
 
 def register(sub: Any) -> None:
@@ -33,24 +32,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run_validate)
 
 
-def fetch_all(sources: list[str], staging: Path,
-              options: FetchOptions) -> tuple[list[UnpackedExtension], list[Problem]]:
-    """Fetch every source; a source that cannot be fetched becomes one whole-image problem."""
-    from agent.image import Problem, fetch_extension
-
-    exts, problems = [], []
-    for source in sources:
-        try:
-            exts.append(fetch_extension(source, staging, options))
-        except (SourceError, UnpackError) as exc:
-            text = str(exc)
-            reason = text[len(source) + 2:] if text.startswith(f"{source}: ") else text
-            problems.append(Problem(source, "", reason))
-    return exts, problems
-
 
 def run_validate(args: argparse.Namespace) -> int:
     from agent.image import DEFAULT_POLICY, ValidateOptions, load_policy, validate_extensions
+    from agent.image.fetch import fetch_all
 
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
     options = ValidateOptions(args.os_version, args.base_root, policy)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agent.errors import SourceError
+from agent.errors import AgentError, SourceError
 from agent.image.manifest import load_manifest
-from agent.image.model import FetchOptions, UnpackedExtension
+from agent.image.model import FetchOptions, Problem, UnpackedExtension
 from agent.image.source import Source, Transport, parse_source
 
 
@@ -29,6 +30,27 @@ def fetch_extension(source: str, staging: Path, options: FetchOptions) -> Unpack
         return open_dir(src)
     staging.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ext-", dir=staging))
-    from agent.image.layers import fetch_image
+    from agent.image.pull import fetch_image
 
     return fetch_image(src, work, options)
+
+
+def fetch_all(sources: Sequence[str], staging: Path, options: FetchOptions,
+              on_fetched: Callable[[int, UnpackedExtension], None] | None = None,
+              ) -> tuple[list[UnpackedExtension], list[Problem]]:
+    """Fetch every source, even after one fails, so that every problem is reported at once;
+    a source that cannot be fetched is one whole-image problem."""
+    exts: list[UnpackedExtension] = []
+    problems: list[Problem] = []
+    for i, source in enumerate(sources):
+        try:
+            ext = fetch_extension(source, staging / f"{i:03d}", options)
+        except AgentError as exc:
+            text = str(exc)
+            reason = text[len(source) + 2:] if text.startswith(f"{source}: ") else text
+            problems.append(Problem(source, "", reason))
+            continue
+        exts.append(ext)
+        if on_fetched is not None:
+            on_fetched(i, ext)
+    return exts, problems

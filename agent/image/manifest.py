@@ -95,7 +95,7 @@ def check_manifest(doc: Any) -> Manifest:
         problems.append(f"metadata.name: {name!r} may hold only lowercase letters, digits, "
                         "'-', '_' and '.'")
     compat = meta.get("compatibility") or {}
-    talos_range, compat_problems = check_compatibility(compat)
+    talos_range, compat_problems = parse_compatibility(compat)
     problems += compat_problems
     metadata = None
     if isinstance(name, str) and NAME_RE.fullmatch(name) and isinstance(meta.get("version"), str):
@@ -111,7 +111,7 @@ def text_or_empty(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def check_compatibility(compat: Any) -> tuple[VersionRange | None, list[str]]:
+def parse_compatibility(compat: Any) -> tuple[VersionRange | None, list[str]]:
     if not isinstance(compat, Mapping):
         return None, ["metadata.compatibility: not a mapping"]
     problems = [f"metadata.compatibility.{k}: unknown key" for k in compat if k != "talos"]

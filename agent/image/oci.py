@@ -40,7 +40,7 @@ class Descriptor:
 
 
 @dataclass(frozen=True)
-class Layer:
+class LayerBlob:
     """A layer to unpack: where to open it, and what its content must hash to."""
 
     descriptor: Descriptor | None    # None for docker-archive layers named by path
@@ -51,7 +51,7 @@ class Layer:
 @dataclass(frozen=True)
 class Image:
     digest: str                      # manifest digest (config digest for docker-archive)
-    layers: tuple[Layer, ...]
+    layers: tuple[LayerBlob, ...]
 
 
 class Store(Protocol):
@@ -203,7 +203,7 @@ def read_layout(store: Store, tag: str, arch: str) -> Image:
     for i, raw in enumerate(manifest["layers"]):
         ld = descriptor(store.where, raw, f"layer {i}")
         verify_blob(store, ld)
-        layers.append(Layer(ld, blob_member(store.where, ld.digest),
+        layers.append(LayerBlob(ld, blob_member(store.where, ld.digest),
                             diff_ids[i] if i < len(diff_ids) else None))
     if diff_ids and len(diff_ids) != len(layers):
         raise SourceError(f"{store.where}: config lists {len(diff_ids)} layers, "
@@ -240,6 +240,6 @@ def read_docker_archive(store: TarStore) -> Image:
     if len(diff_ids) != len(layer_names):
         raise SourceError(f"{store.where}: config lists {len(diff_ids)} layers, "
                           f"manifest.json {len(layer_names)}")
-    layers = tuple(Layer(None, str(name), diff_id)
+    layers = tuple(LayerBlob(None, str(name), diff_id)
                    for name, diff_id in zip(layer_names, diff_ids, strict=True))
     return Image(config_digest, layers)

@@ -92,7 +92,7 @@ def wanted_modules(spec: InitramfsSpec) -> tuple[str, ...]:
     return BOOT_MODULES + (DISK_MODULES if spec.disk_modules else ()) + spec.extra_modules
 
 
-def module_entries(spec: InitramfsSpec, order: Sequence[KernelModule],
+def kernel_module_entries(spec: InitramfsSpec, order: Sequence[KernelModule],
                    root: Path) -> tuple[list[cpio.Entry], list[str]]:
     base = f"lib/modules/{spec.kernel_release}"
     entries = [cpio.regular(f"{base}/{m.relpath}", root / m.relpath, 0o644, spec.mtime)
@@ -146,7 +146,7 @@ def assemble(spec: InitramfsSpec) -> Assembly:
     if problems:
         raise BuildError("; ".join(problems))
     runtime = build_runtime(spec.entry_modules, mtime=spec.mtime)
-    mods, load = module_entries(spec, order, index.root)
+    mods, load = kernel_module_entries(spec, order, index.root)
     entries = [*runtime.entries, *mods, *skeleton_entries(spec.mtime)]
     if spec.root_image is not None:
         entries.append(cpio.regular(ROOT_IMAGE[1:], spec.root_image, 0o644, spec.mtime))
@@ -155,7 +155,7 @@ def assemble(spec: InitramfsSpec) -> Assembly:
                     runtime.elf_files, size)
 
 
-def build_initramfs(spec: InitramfsSpec, out: Path) -> BuildReport:
+def make_initramfs(spec: InitramfsSpec, out: Path) -> BuildReport:
     """Build the initramfs at `out` (atomically), re-read it and verify it."""
     parts = assemble(spec)
     buf = io.BytesIO()

@@ -170,7 +170,7 @@ def compile_pycs(python: Path, jobs: Sequence[tuple[str, str]]) -> list[bytes]:
         return [Path(tmp, f"{i}.pyc").read_bytes() for i in range(len(jobs))]
 
 
-def module_entries(python: Path, imported: Imported, roots: Sequence[str], mtime: int,
+def python_module_entries(python: Path, imported: Imported, roots: Sequence[str], mtime: int,
                    ) -> tuple[list[cpio.Entry], list[str]]:
     """Entries for the imported module files; returns them and the host paths of ELF ones."""
     entries: list[cpio.Entry] = []
@@ -222,7 +222,7 @@ def build_runtime(entry_modules: Sequence[str] = ENTRY_MODULES, *, mtime: int = 
     if imported.version != version:
         raise BuildError(f"{py}: Python {imported.version}, but the builder runs {version} "
                          "(byte-code would not match)")
-    entries, elves = module_entries(py, imported, roots, mtime)
+    entries, elves = python_module_entries(py, imported, roots, mtime)
     closure = resolve_closure([py, *map(Path, elves)])
     entries += closure_entries(closure, roots, mtime)
     entries += interpreter_link_entries(py, mtime)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent import cpio
-from agent.initramfs.build import InitramfsSpec, build_initramfs, write_tree
+from agent.initramfs.build import InitramfsSpec, make_initramfs, write_tree
 from agent.initramfs.pyruntime import ENTRY_MODULES
 from agent.kernels import load_kernel
 
@@ -24,7 +24,7 @@ def test_unpacked_initramfs_runs_the_agent_imports(private_mounts: None, tmp_pat
         pytest.skip("run `make kernels` first")
     k = load_kernel(CACHE, suite)
     out = tmp_path / "initrd.img"
-    build_initramfs(InitramfsSpec(k.release, k.modules_dir, compression="gzip", level=1), out)
+    make_initramfs(InitramfsSpec(k.release, k.modules_dir, compression="gzip", level=1), out)
     tree = tmp_path / "tree"
     tree.mkdir()
     blob = cpio.decompress(out.read_bytes(), "gzip")

@@ -102,7 +102,7 @@ def bake(kernel: Kernel, initrd: Path, base_root: Path, specs: Sequence[Extensio
          kind: str, work: Path, *, later_wins: bool = False) -> Path:
     """`initrd` with `specs` baked in by the real `build` (cached by every input);
     `later_wins`: a policy lets later layers ship a file of earlier ones."""
-    from agent.bake.build import BuildRequest, build_initramfs
+    from agent.bake.build import BuildRequest, bake_initramfs
 
     key = inputs_key(kernel.release, file_digest(initrd), file_digest(base_root),
                      str(later_wins), *(s.key() for s in specs))
@@ -114,7 +114,7 @@ def bake(kernel: Kernel, initrd: Path, base_root: Path, specs: Sequence[Extensio
             policy = work / kind / "policy.yaml"
             policy.write_text("duplicate_files: later-wins\n")
         tmp = out.with_name(f".{out.name}.tmp")
-        build_initramfs(BuildRequest(initrd, tmp, extensions=tuple(f"dir:{f}" for f in folders),
+        bake_initramfs(BuildRequest(initrd, tmp, extensions=tuple(f"dir:{f}" for f in folders),
                                      base_root=base_root, os_version="v1.7.0", policy=policy))
         tmp.replace(out)
         prune(CACHE, f"bake-{kind}-{kernel.suite}-*", keep=KEEP)

@@ -93,9 +93,8 @@ def test_booted_system_loads_a_module_only_an_extension_ships(tmp_path: Path) ->
     """The seed's flow end to end: the agent's own initramfs and a root without kernel
     modules, an extension shipping zram (+ its dependency); after the boot, `modprobe zram`
     in the booted root loads them from the overlay, indexed by the modules.dep layer."""
-    from agent.bake.build import BuildRequest, build_initramfs
-    from agent.initramfs.build import InitramfsSpec
-    from agent.initramfs.build import build_initramfs as build_agent_initramfs
+    from agent.bake.build import BuildRequest, bake_initramfs
+    from agent.initramfs.build import InitramfsSpec, make_initramfs
     from devtools.demo import DONE_MARKER, build_demo_root
 
     try:
@@ -112,10 +111,10 @@ def test_booted_system_loads_a_module_only_an_extension_ships(tmp_path: Path) ->
         "modprobe zram num_devices=1 && echo ZRAM-LOADED $(ls /sys/block | grep zram)\n"
         f"echo ZRAM-DEP $(grep -c extras/ /lib/modules/{release}/modules.dep)\n"))
     plain = tmp_path / "plain.img"
-    build_agent_initramfs(InitramfsSpec(release, stock, root_image=root, disk_modules=False),
+    make_initramfs(InitramfsSpec(release, stock, root_image=root, disk_modules=False),
                           plain)
     baked = tmp_path / "baked.img"
-    result = build_initramfs(BuildRequest(plain, baked, extensions=(f"dir:{ext}",),
+    result = bake_initramfs(BuildRequest(plain, baked, extensions=(f"dir:{ext}",),
                                           base_root=root, os_version="v1.7.0"))
     assert [x.image for x in result.layers] == ["000-zram.sqsh", "001-modules.dep.sqsh"]
     booted = boot(kernel.vmlinuz, baked, "panic=-1 loglevel=3", timeout=180.0,

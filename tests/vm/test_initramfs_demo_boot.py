@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import SourceError
-from agent.initramfs.build import InitramfsSpec, build_initramfs
+from agent.initramfs.build import InitramfsSpec, make_initramfs
 from agent.kernels import load_kernel
 from devtools.demo import DONE_MARKER, MARKER, build_demo_root
 from devtools.qemu import TOKEN_KEY, boot
@@ -31,7 +31,7 @@ def test_demo_root_boots_and_runs_the_agent(demo_root: Path, tmp_path: Path,
     except SourceError as exc:
         pytest.fail(str(exc))
     initrd = tmp_path / "initrd.img"
-    build_initramfs(InitramfsSpec(kernel.release, kernel.modules_dir, root_image=demo_root,
+    make_initramfs(InitramfsSpec(kernel.release, kernel.modules_dir, root_image=demo_root,
                                   disk_modules=False), initrd)
     token = secrets.token_hex(6)
     result = boot(kernel.vmlinuz, initrd, f"panic=-1 {TOKEN_KEY}={token}", timeout=150,

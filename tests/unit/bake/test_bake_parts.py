@@ -12,7 +12,7 @@ import pytest
 from agent import cpio
 from agent.bake.build import (
     BuildRequest,
-    build_initramfs,
+    bake_initramfs,
     check_output,
     check_size,
     gather_sources,
@@ -187,7 +187,7 @@ def test_an_input_over_budget_is_refused_before_any_work(tmp_path: Path) -> None
     req = BuildRequest(img, tmp_path / "out.img", extensions=("dir:/nonexistent",),
                        max_size=100)
     with pytest.raises(ValidationFailed) as err:
-        build_initramfs(req)
+        bake_initramfs(req)
     assert err.value.problems == [
         f"{img}: already {img.stat().st_size} bytes, over --max-size 100 before any extension",
         "dir:/nonexistent: /nonexistent does not exist"]

@@ -11,8 +11,8 @@ from agent.errors import BuildError
 from agent.initramfs.build import (
     INIT_SCRIPT,
     InitramfsSpec,
-    build_initramfs,
     canonical_name,
+    make_initramfs,
     read_members,
 )
 from agent.initramfs.elfdeps import Lookup
@@ -34,7 +34,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, InitramfsSpec
     root = out.parent / "root.sqsh"
     root.write_bytes(b"hsqs" + bytes(60))
     spec = InitramfsSpec(k.release, k.modules_dir, root_image=root, mtime=1700000000)
-    build_initramfs(spec, out)
+    make_initramfs(spec, out)
     return out, spec
 
 
@@ -85,7 +85,7 @@ def test_runtime_is_sourceless_bytecode(built: tuple[Path, InitramfsSpec]) -> No
 def test_same_inputs_give_identical_bytes(built: tuple[Path, InitramfsSpec],
                                           tmp_path: Path) -> None:
     out, spec = built
-    again = build_initramfs(spec, tmp_path / "again.img")
+    again = make_initramfs(spec, tmp_path / "again.img")
     assert again.out.read_bytes() == out.read_bytes()
 
 
@@ -95,7 +95,7 @@ def test_bad_inputs_are_reported_together_and_nothing_is_written(tmp_path: Path)
     spec = InitramfsSpec("6.1.0-0-amd64", k.modules_dir, root_image=tmp_path / "none.sqsh",
                          compression="lz4")
     with pytest.raises(BuildError) as exc:
-        build_initramfs(spec, out)
+        make_initramfs(spec, out)
     assert str(exc.value) == (
         "compression 'lz4': use one of zstd, xz, gzip; "
         f"{tmp_path}/none.sqsh: root image missing or unreadable; "
