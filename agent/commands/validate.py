@@ -6,14 +6,12 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.commands.options import add_fetch_arguments, fetch_options
 
 # The image modules (tarfile, lzma, bz2...) are imported when a command runs, not when the
 # parser is built: the booted system's `overlay-agent get` must not carry them.
-if TYPE_CHECKING:
-    pass
 
 
 def register(sub: Any) -> None:
