@@ -94,7 +94,7 @@ def test_a_bad_extension_writes_nothing(tmp_path: Path, exts: dict[str, Path],
     proc = build(out, initrd, exts["tool"], exts["bad"], exts["fw"], exts["nomanifest"],
                  check=False)
     assert proc.returncode == 1
-    # exactly the problems `validate` finds (issue 3 owns their wording), every one of them
+    # exactly the problems `validate` finds (its tests own their wording), every one of them
     checked = overlay_agent("validate", "--os-version", "v1.7.0", *(
         f"dir:{exts[k]}" for k in ("tool", "bad", "fw", "nomanifest")), check=False)
     expected = checked.stdout.splitlines()

@@ -1,4 +1,4 @@
-"""Extension activation under QEMU on both stock kernels (issue 5, points 4 and 5).
+"""Extension activation under QEMU on both stock kernels: the checks run in the guest.
 
 Every boot runs the demo root (busybox + Python + agent); its /sbin/init runs the checks
 of the scenario named on the command line and prints one PASS/FAIL line per check with

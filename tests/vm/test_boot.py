@@ -1,4 +1,4 @@
-"""End-to-end boots of PID 1 under QEMU on both stock kernels (scenarios a-e of issue 2)."""
+"""End-to-end boots of PID 1 under QEMU on both stock kernels: root sources and failures."""
 
 from __future__ import annotations
 
