@@ -9,7 +9,13 @@ import pytest
 
 from agent.bake import microcode
 from agent.bake.microcode import AMD, INTEL, MicrocodeError
-from tests.unit.bake.ucode import amd_container, amd_patch, intel_update, words_sum
+from tests.unit.bake.ucode import (
+    amd_container,
+    amd_patch,
+    intel_update,
+    kernel_choice,
+    words_sum,
+)
 
 
 def patched(data: bytes, offset: int, value: int) -> bytes:
@@ -139,18 +145,6 @@ def test_malformed_amd_is_one_precise_message(data: bytes, message: str) -> None
     with pytest.raises(MicrocodeError) as caught:
         microcode.parse_amd(data)
     assert str(caught.value) == message
-
-
-def kernel_choice(data: bytes, signature: int) -> int | None:
-    """The revision the kernel's early loader would apply: the first container with a patch
-    for the signature's equivalence id, and in it the last such patch (amd.c)."""
-    for container in microcode.parse_amd_containers(data):
-        ids = [e.equiv_id for e in container.equiv if e.signature == signature]
-        found = [p.revision for p in container.patches if ids and
-                 microcode.amd_equiv_id(p) == ids[0]]
-        if found:
-            return found[-1]
-    return None
 
 
 def test_merge_amd_gives_the_kernel_the_newest_patch_per_signature() -> None:

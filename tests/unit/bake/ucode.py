@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from agent.bake import microcode
+
 
 def words_sum(data: bytes) -> int:
     return sum(struct.unpack(f"<{len(data) // 4}I", data)) & 0xFFFFFFFF
@@ -54,3 +56,15 @@ def amd_container(equiv: Sequence[tuple[int, int]], patches: Sequence[bytes]) ->
     """Header, the equivalence table of (signature, equiv id) plus its zero entry, patches."""
     table = b"".join(struct.pack("<3I2H", sig, 0, 0, eid, 0) for sig, eid in equiv) + bytes(16)
     return struct.pack("<3I", 0x00414D44, 0, len(table)) + table + b"".join(patches)
+
+
+def kernel_choice(data: bytes, signature: int) -> int | None:
+    """The AMD revision the kernel's early loader would apply: the first container with a
+    patch for the signature's equivalence id, and in it the last such patch (amd.c)."""
+    for container in microcode.parse_amd_containers(data):
+        ids = [e.equiv_id for e in container.equiv if e.signature == signature]
+        found = [p.revision for p in container.patches if ids and
+                 microcode.amd_equiv_id(p) == ids[0]]
+        if found:
+            return found[-1]
+    return None
