@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from bake_support import archive, make_extension, overlay_agent
-from microcode_debs import fetch_microcode
+from bake_support import archive, overlay_agent
+from microcode_debs import debian_early, fetch_microcode, firmware, siderolabs_extensions
 
 from agent import cpio
 from agent.bake import microcode
@@ -22,13 +21,6 @@ from tests.unit.bake.ucode import kernel_choice, refresh_intel_checksum
 
 INTEL_BIN = "kernel/x86/microcode/GenuineIntel.bin"
 AMD_BIN = "kernel/x86/microcode/AuthenticAMD.bin"
-
-
-def firmware(tree: Path, folder: str) -> Path:
-    for base in ("usr/lib/firmware", "lib/firmware"):
-        if (tree / base / folder).is_dir():
-            return tree / base / folder
-    raise AssertionError(f"{tree}: no {folder}")
 
 
 @pytest.fixture(scope="module")
@@ -48,43 +40,17 @@ def bumped_intel_blob(intel_dir: Path) -> bytes:
 
 
 def debian_initrd(base: Path, tree: dict[str, Path]) -> tuple[Path, int]:
-    """Early archives as initramfs-tools' microcode hooks prepend them (iucode_tool
-    --write-earlyfw; cat + cpio for AMD), then a zstd main archive; and where main starts."""
+    """Debian's early archives (with one host update made newer), then a zstd main archive;
+    and where main starts."""
     extra = base / "host-newer.bin"
     extra.write_bytes(bumped_intel_blob(firmware(tree["intel-microcode"], "intel-ucode")))
-    intel = base / "intel.cpio"
-    subprocess.run(["iucode_tool", "-q", f"--write-earlyfw={intel}", "--overwrite",
-                    firmware(tree["intel-microcode"], "intel-ucode"), "-tb", extra], check=True)
-    amd_root = base / "amd-early"
-    (amd_root / "kernel/x86/microcode").mkdir(parents=True)
-    (amd_root / AMD_BIN).write_bytes(b"".join(
-        p.read_bytes() for p in sorted(firmware(tree["amd64-microcode"], "amd-ucode").iterdir())
-        if p.name.startswith("microcode_amd") and p.name.endswith(".bin")))
-    names = subprocess.run("find . | LC_ALL=C sort", shell=True, cwd=amd_root, check=True,
-                           capture_output=True).stdout
-    amd = subprocess.run(["cpio", "--reproducible", "-R", "0:0", "-H", "newc", "-o",
-                          "--quiet"], input=names, cwd=amd_root, check=True,
-                         capture_output=True).stdout
+    early = debian_early(base, tree, [extra])
     main = cpio.compress(archive([cpio.regular("init", b"#!/bin/sh\n", 0o755),
                                   cpio.symlink("lib", "usr/lib"),
                                   cpio.directory("usr/lib/firmware")]), "zstd")
-    early = intel.read_bytes() + amd
     path = base / "initrd.img"
     path.write_bytes(early + main)
     return path, len(early)
-
-
-def siderolabs_extensions(base: Path, tree: dict[str, Path]) -> tuple[Path, Path]:
-    """intel-ucode under /lib/firmware (split /usr), amd-ucode under /usr/lib/firmware with
-    linux-firmware's README beside the containers."""
-    intel = make_extension(base, "intel-ucode", {}, version="20250812-v1.11.0")
-    shutil.copytree(firmware(tree["intel-microcode"], "intel-ucode"),
-                    intel / "rootfs/lib/firmware/intel-ucode")
-    amd = make_extension(base, "amd-ucode", {"usr/lib/firmware/amd-ucode/README": b"text\n"},
-                         version="20250811-v1.11.0")
-    for path in firmware(tree["amd64-microcode"], "amd-ucode").iterdir():
-        shutil.copy(path, amd / "rootfs/usr/lib/firmware/amd-ucode" / path.name)
-    return intel, amd
 
 
 def build(out: Path, initrd: Path, *exts: Path, check: bool = True
