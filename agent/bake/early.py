@@ -145,17 +145,29 @@ def is_early_only(entries: Sequence[cpio.Entry]) -> bool:
     return all(n in _EARLY_NAMES or n == "kernel" or n.startswith("kernel/") for n in names)
 
 
+def printable(text: str) -> str:
+    """A label from an image, safe to print: control characters escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode()
+
+
 def read_record(entries: Sequence[cpio.Entry]) -> dict[str, dict[str, list[str]]]:
-    """vendor -> sha256 -> labels from an earlier record; {} when absent or unreadable."""
+    """vendor -> sha256 -> labels from an earlier record; what is not of that shape (or not
+    JSON) is ignored: the record only names sources, the blobs are read from the files."""
+    found: dict[str, dict[str, list[str]]] = {}
     for e in entries:
-        if normal(e.name) == RECORD and stat.S_ISREG(e.mode):
-            try:
-                doc = json.loads(e.content())
-            except ValueError:
-                return {}
-            return {v: dict(doc.get(f"{v}.bin", {})) for v in VENDORS} \
-                if isinstance(doc, dict) else {}
-    return {}
+        if normal(e.name) != RECORD or not stat.S_ISREG(e.mode):
+            continue
+        try:
+            doc = json.loads(e.content())
+        except (ValueError, RecursionError):
+            return found
+        for vendor in VENDORS:
+            table = doc.get(f"{vendor}.bin") if isinstance(doc, dict) else None
+            if isinstance(table, dict):
+                found[vendor] = {sha: [printable(str(label)) for label in labels]
+                                 for sha, labels in table.items() if isinstance(labels, list)}
+        return found
+    return found
 
 
 def plan_early(blob: bytes, files: Sequence[MicrocodeFile],

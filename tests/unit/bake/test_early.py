@@ -251,3 +251,20 @@ def test_intel_data_starts_on_16_bytes_whatever_comes_before(tmp_path: Path,
     out = with_early(plan, initrd, 0)
     assert out.index(INTEL_OLD) % 16 == 0
     assert early_members(out)[INTEL_BIN].content() == INTEL_OLD
+
+
+@pytest.mark.parametrize("record,expected", [
+    (b'{"GenuineIntel.bin": {"SHA": ["ext\\u001b[31m", 7]}}', (("ext\\x1b[31m", "7"),)),
+    (b'{"GenuineIntel.bin": ["not", "a", "table"]}', ((),)),
+    (b'{"GenuineIntel.bin": {"SHA": "not a list"}}', ((),)),
+    (b"[" * 100000 + b"]" * 100000, ((),)),
+    (b"\xff\xfe not json", ((),)),
+], ids=["escaped", "list", "labels-not-list", "deep", "not-utf8"])
+def test_a_hostile_record_is_escaped_or_ignored(record: bytes,
+                                                expected: tuple[tuple[str, ...]]) -> None:
+    update = intel_update(0x50654, 0x20)
+    sha = hashlib.sha256(update).hexdigest()
+    entries = [cpio.regular(RECORD, record.replace(b"SHA", sha.encode())),
+               cpio.regular(INTEL_BIN, update)]
+    (found,) = read_early_microcode([entries])
+    assert found.sources == expected
