@@ -57,6 +57,11 @@ def _pad(n: int) -> bytes:
     return b"\0" * (-n % 4)
 
 
+def header_size(name: str) -> int:
+    """Bytes of a member's header and name, padded: where its data starts."""
+    return (_HEADER_LEN + len(name.encode()) + 1 + 3) & ~3
+
+
 def _header(ino: int, e: Entry, size: int, nlink: int) -> bytes:
     name = e.name.encode() + b"\0"
     fields = (ino, e.mode, e.uid, e.gid, nlink, e.mtime, size, 0, 0,

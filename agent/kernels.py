@@ -112,13 +112,14 @@ def choose_mirrors(entries: Iterable[tuple[str, list[str]]], where: Path) -> Mir
     return Mirrors(archive, security)
 
 
-def render_sources(suite: str, mirrors: Mirrors, keyring: Path = KEYRING) -> str:
+def render_sources(suite: str, mirrors: Mirrors, keyring: Path = KEYRING,
+                   component: str = "main") -> str:
     """sources.list lines for `suite`, its -updates and (when known) its -security suite."""
     opt = f"[arch=amd64 signed-by={keyring}]"
-    lines = [f"deb {opt} {mirrors.archive} {suite} main",
-             f"deb {opt} {mirrors.archive} {suite}-updates main"]
+    lines = [f"deb {opt} {mirrors.archive} {suite} {component}",
+             f"deb {opt} {mirrors.archive} {suite}-updates {component}"]
     if mirrors.security:
-        lines.append(f"deb {opt} {mirrors.security} {suite}-security main")
+        lines.append(f"deb {opt} {mirrors.security} {suite}-security {component}")
     return "\n".join(lines) + "\n"
 
 
@@ -172,13 +173,15 @@ def load_kernel(cache: Path, suite: str) -> Kernel:
 # ---------------------------------------------------------------- build (apt, dpkg)
 
 class PrivateApt:
-    """apt-get/apt-cache with their own sources, state and cache folders under `root`."""
+    """apt-get/apt-cache with their own sources, state and cache folders under `root`, on one
+    component of the archive (`non-free-firmware` for the CPU microcode packages)."""
 
-    def __init__(self, root: Path, suite: str, mirrors: Mirrors) -> None:
+    def __init__(self, root: Path, suite: str, mirrors: Mirrors, component: str = "main") -> None:
         self.root = root
         for sub in ("etc/preferences.d", "state/lists/partial", "cache/archives/partial"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        write_bytes_atomically(root / "etc/sources.list", render_sources(suite, mirrors).encode())
+        write_bytes_atomically(root / "etc/sources.list",
+                               render_sources(suite, mirrors, component=component).encode())
         status = root / "state/status"
         if not status.exists():
             status.write_bytes(b"")

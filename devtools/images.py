@@ -134,14 +134,14 @@ class Machine:
     logs: Path
 
     def boot(self, name: str, append: str, *, with_root: bool, disk: Path | None = None,
-             token: str = "", initrd: Path | None = None) -> BootResult:
+             token: str = "", initrd: Path | None = None, cpu: str | None = None) -> BootResult:
         if initrd is None:
             initrd = self.initrd_with_root if with_root else self.initrd_plain
         if token:
             kernel_part, sep, init_part = append.partition(" -- ")
             append = f"{kernel_part} {TOKEN_KEY}={token}{sep}{init_part}"
         return boot(self.kernel.vmlinuz, initrd, append, disk=disk, timeout=BOOT_TIMEOUT,
-                    serial_log=self.logs / f"{self.kernel.suite}-{name}.log")
+                    serial_log=self.logs / f"{self.kernel.suite}-{name}.log", cpu=cpu)
 
     def initrd_overriding(self, name: str, files: dict[str, bytes], *, with_root: bool) -> Path:
         """An initramfs plus an appended archive replacing `files` (the kernel unpacks

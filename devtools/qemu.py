@@ -99,18 +99,19 @@ def kvm_works() -> bool:
     return _kvm_answer
 
 
-def accel_args() -> list[str]:
+def accel_args(cpu: str | None = None) -> list[str]:
     """KVM with the host CPU, else TCG with RDRAND: without it the guest's crng is not seeded
-    at boot and Python's start blocks ~1.5 s on /dev/urandom (real machines have RDRAND)."""
+    at boot and Python's start blocks ~1.5 s on /dev/urandom (real machines have RDRAND).
+    `cpu` replaces the model (e.g. another vendor and signature for the microcode loader)."""
     if kvm_works():
-        return ["-accel", "kvm", "-cpu", "host"]
-    return ["-accel", "tcg", "-cpu", "qemu64,+rdrand"]
+        return ["-accel", "kvm", "-cpu", cpu or "host"]
+    return ["-accel", "tcg", "-cpu", cpu or "qemu64,+rdrand"]
 
 
 def qemu_argv(kernel: Path, initrd: Path, append: str, disk: Path | None,
-              serial_log: Path) -> list[str]:
+              serial_log: Path, cpu: str | None = None) -> list[str]:
     argv = [QEMU, "-nographic", "-no-reboot", "-m", str(MEMORY_MB), "-smp", "1",
-            *accel_args(),
+            *accel_args(cpu),
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", f"console=ttyS0 {append}".strip(),
             "-serial", f"file:{serial_log}", "-monitor", "none"]
@@ -120,11 +121,11 @@ def qemu_argv(kernel: Path, initrd: Path, append: str, disk: Path | None,
 
 
 def boot(kernel: Path, initrd: Path, append: str, *, disk: Path | None = None,
-         timeout: float, serial_log: Path) -> BootResult:
+         timeout: float, serial_log: Path, cpu: str | None = None) -> BootResult:
     """Boot once; the guest's serial console ends up in `serial_log` and in the result."""
     serial_log.parent.mkdir(parents=True, exist_ok=True)
     serial_log.write_bytes(b"")
-    argv = qemu_argv(kernel, initrd, append, disk, serial_log)
+    argv = qemu_argv(kernel, initrd, append, disk, serial_log, cpu)
     code, seconds = _run_group(argv, timeout, serial_log.with_name(serial_log.name + ".qemu"))
     output = serial_log.read_bytes().decode(errors="replace").replace("\r\n", "\n")
     return BootResult(output=output, exit_code=code, timed_out=code is None, seconds=seconds)

@@ -68,7 +68,7 @@ declare -A want=(
   [docker-registry]=docker-registry [busybox]=busybox-static
   [zstd]=zstd [xz]=xz-utils [lz4]=lz4 [cpio]=cpio [depmod]=kmod [modprobe]=kmod
   [mkfs.ext4]=e2fsprogs [sfdisk]=fdisk [unshare]=util-linux [losetup]=mount
-  [dpkg-deb]=dpkg [apt-get]=apt
+  [dpkg-deb]=dpkg [apt-get]=apt [iucode_tool]=iucode-tool
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -2,8 +2,9 @@
 
 Load (machine config, sources, input initramfs) -> fetch and validate EVERY extension,
 collecting every problem -> write nothing if there is one -> squash in parallel, add the
-modules layer and firmware, write the list file -> append one compressed cpio to the
-input and write the output atomically.
+modules layer and firmware, write the list file -> put the CPU microcode extensions ship
+into the early archive at the start (agent.bake.early), append one compressed cpio and
+write the output atomically.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import BinaryIO
 from agent import cpio, listfile
 from agent.bake.config import find_duplicates, read_machine_config
 from agent.bake.depmod import ModulesPlan, build_modules_layer, modules_metadata, plan_modules
+from agent.bake.early import MicrocodeSource, load_microcode, plan_early, with_early
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.segments import merged_members, split_segments
 from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
@@ -254,6 +256,11 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
         if len(roots) + (plan is not None) > listfile.MAX_LAYERS:
             problems.append(f"{len(roots) + 1} layers with the modules layer: an overlay "
                             f"stacks at most {listfile.MAX_LAYERS} above the root")
+        ucode, found = load_microcode([MicrocodeSource(e.metadata.name, e.source,
+                                                       e.root / "rootfs")
+                                       for e in exts if e.metadata is not None])
+        early, more = plan_early(blob, ucode, str(request.initramfs))
+        problems += found + more
         if problems:
             raise ValidationFailed(problems)
         modules = None
@@ -268,8 +275,9 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
             layers, firmware_entries([r / "rootfs" for r, _ in roots], dest), request.epoch),
             work, request.compression)
         archive_size = archive.stat().st_size
-        total = check_size(request, len(blob), archive_size)
-        write_output(request.output, blob, archive)
+        head = blob if early is None else with_early(early, blob, request.epoch)
+        total = check_size(request, len(head), archive_size)
+        write_output(request.output, head, archive)
         log.info("written", output=str(request.output), input_size=len(blob),
                  archive_size=archive_size, total=total)
     return BuildResult(request.output, len(blob), archive_size, total,

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent import cpio
+from agent.bake.microcode import UCODE_FOLDERS
 from agent.errors import BuildError
 from agent.paths import walk
 
@@ -36,7 +37,8 @@ def resolve_in_tree(tree: Mapping[str, cpio.Entry], path: str) -> str:
 
 
 def collect_firmware(roots: Sequence[Path]) -> dict[str, Path]:
-    """Relative firmware path -> file, over every extension root (later roots win)."""
+    """Relative firmware path -> file, over every extension root (later roots win). CPU
+    microcode is left out: it works only from the early archive (agent.bake.early)."""
     found: dict[str, Path] = {}
     for root in roots:
         for rel in FIRMWARE_DIRS:
@@ -45,6 +47,8 @@ def collect_firmware(roots: Sequence[Path]) -> dict[str, Path]:
                 continue
             for dirpath, dirnames, filenames in os.walk(top):
                 dirnames.sort()
+                if dirpath == str(top):
+                    dirnames[:] = [d for d in dirnames if d not in UCODE_FOLDERS.values()]
                 # a symlink to a folder is listed with the folders, and never walked
                 links = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
                 for name in sorted(filenames + links):

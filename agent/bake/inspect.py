@@ -1,20 +1,25 @@
-"""`overlay-agent inspect`: the segments of an initramfs and the extensions baked into it.
+"""`overlay-agent inspect`: the segments of an initramfs, its early microcode and the
+extensions baked into it.
 
 The list file and images are taken from the tree the kernel would unpack (later
 members replace earlier ones), and each image's bytes are checked against the list.
+The microcode is what the kernel's early loader would find in the leading uncompressed
+archives, blob by blob, with the extension each came from (agent.bake.early's record).
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent import listfile
-from agent.bake.segments import Segment, merged_members, split_segments
+from agent.bake.early import EarlyMicrocode, member_name, read_early_microcode
+from agent.bake.segments import Segment, SegmentFormat, merged_members, split_segments
 from agent.errors import SourceError
 
 
@@ -41,6 +46,7 @@ class InitramfsReport:
     segments: tuple[Segment, ...]
     has_list: bool
     layers: tuple[LayerReport, ...]
+    microcode: tuple[EarlyMicrocode, ...] = ()
 
     @property
     def all_match(self) -> bool:
@@ -67,10 +73,12 @@ def inspect_initramfs(path: Path) -> InitramfsReport:
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
     segments = split_segments(blob, str(path))
+    leading = itertools.takewhile(lambda s: s.format is SegmentFormat.CPIO, segments)
+    microcode = tuple(read_early_microcode([s.entries for s in leading]))
     tree = merged_members(segments)
     listed = tree.get(listfile.LIST_PATH.strip("/"))
     if listed is None or not stat.S_ISREG(listed.mode):
-        return InitramfsReport(str(path), len(blob), tuple(segments), False, ())
+        return InitramfsReport(str(path), len(blob), tuple(segments), False, (), microcode)
     where = f"{path}: {listfile.LIST_PATH}"
     layers = listfile.read_list(listed.content().decode(errors="replace"), where)
     images = listfile.IMAGES_DIR.strip("/")
@@ -79,7 +87,17 @@ def inspect_initramfs(path: Path) -> InitramfsReport:
         entry = tree.get(f"{images}/{layer.image}")
         data = entry.content() if entry is not None and stat.S_ISREG(entry.mode) else None
         reports.append(check_image(i, layer, data))
-    return InitramfsReport(str(path), len(blob), tuple(segments), True, tuple(reports))
+    return InitramfsReport(str(path), len(blob), tuple(segments), True, tuple(reports),
+                           microcode)
+
+
+def microcode_dict(m: EarlyMicrocode) -> dict[str, Any]:
+    return {"vendor": m.vendor, "member": member_name(m.vendor), "segment": m.archive,
+            "blobs": len(m.blobs), "problem": m.problem,
+            "updates": [{"signatures": list(b.signatures), "pf_mask": b.platforms,
+                         "family": b.family, "date": b.date, "revision": b.revision,
+                         "size": len(b.data), "from": list(src)}
+                        for b, src in zip(m.blobs, m.sources, strict=True)]}
 
 
 def report_dict(report: InitramfsReport) -> dict[str, Any]:
@@ -90,6 +108,7 @@ def report_dict(report: InitramfsReport) -> dict[str, Any]:
         "segments": [{"index": s.index, "offset": s.offset, "length": s.length,
                       "format": s.format.value, "unpacked_size": s.unpacked_size,
                       "members": len(s.entries)} for s in report.segments],
+        "early_microcode": [microcode_dict(m) for m in report.microcode],
         "list_file": report.has_list,
         "extensions": [{"index": r.index, "id": r.layer.id, "name": r.layer.metadata.name,
                         "version": r.layer.metadata.version, "kind": r.layer.kind,
@@ -106,12 +125,26 @@ def format_table(rows: list[list[str]]) -> str:
                      .rstrip() for row in rows) + "\n"
 
 
+def render_microcode(found: tuple[EarlyMicrocode, ...]) -> str:
+    """`iucode_tool -l`-like lines per vendor file, each blob with where it came from."""
+    out = ""
+    for m in found:
+        out += f"\nearly microcode, segment {m.archive}: {member_name(m.vendor)}: "
+        if m.problem:
+            out += f"unreadable: {m.problem}\n"
+            continue
+        out += f"{len(m.blobs)} blob(s)\n"
+        for i, (blob, src) in enumerate(zip(m.blobs, m.sources, strict=True), start=1):
+            out += f"  {i:03d}: {blob.describe()}  from {', '.join(src) or '-'}\n"
+    return out
+
+
 def render_report(report: InitramfsReport) -> str:
     seg_rows = [["SEGMENT", "OFFSET", "LENGTH", "FORMAT", "UNPACKED", "MEMBERS"]]
     seg_rows += [[str(s.index), str(s.offset), str(s.length), s.format.value,
                   str(s.unpacked_size), str(len(s.entries))] for s in report.segments]
     out = f"{report.path}: {report.size} bytes, {len(report.segments)} segment(s)\n"
-    out += format_table(seg_rows)
+    out += format_table(seg_rows) + render_microcode(report.microcode)
     if not report.has_list:
         return out + f"\nno {listfile.LIST_PATH}: no extensions baked in\n"
     ext_rows = [["INDEX", "NAME", "VERSION", "IMAGE", "SIZE", "SHA256", "MATCH"]]

@@ -12,9 +12,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "inspect", help="show the segments of an initramfs and the extensions baked in",
         description="Read every segment of a concatenated initramfs (cpio, gzip, xz, lzma, "
-                    "bzip2, zstd, lz4) and list the extensions in its /extensions.yaml, "
-                    "checking each image's size and sha256. Exit status 1 when an image "
-                    "does not match the list.")
+                    "bzip2, zstd, lz4), the CPU microcode the kernel's early loader would "
+                    "find (each blob and the extension it came from), and list the "
+                    "extensions in its /extensions.yaml, checking each image's size and "
+                    "sha256. Exit status 1 when an image does not match the list.")
     p.add_argument("initramfs", type=Path, metavar="INITRAMFS")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     p.set_defaults(func=run_inspect)

@@ -1,5 +1,6 @@
 """Assemble, write and verify the initramfs: Python runtime + agent as /init, kernel modules
-in load order, device nodes, mount points, optionally the root image as /rootfs.sqsh."""
+in load order, device nodes, mount points, optionally the root image as /rootfs.sqsh, and
+CPU microcode from extensions in an early archive before it all (agent.bake.early)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import cpio
+from agent.bake.early import MicrocodeFile, MicrocodeSource, load_microcode, plan_early, with_early
 from agent.boot.layout import INITRAMFS_DIRS, MODULES_LOAD, ROOT_IMAGE
 from agent.errors import BuildError
 from agent.initramfs.elfdeps import Lookup, missing_in_tree
@@ -53,6 +55,7 @@ class InitramfsSpec:
     entry_modules: tuple[str, ...] = ENTRY_MODULES
     extra_modules: tuple[str, ...] = ()
     mtime: int = field(default_factory=source_date_epoch)
+    microcode: tuple[MicrocodeSource, ...] = ()   # roots whose CPU microcode loads early
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Assembly:
     modules_load: tuple[str, ...]
     elf_files: tuple[str, ...]
     runtime_bytes: int
+    microcode: tuple[MicrocodeFile, ...] = ()
 
 
 def validate_spec(spec: InitramfsSpec) -> list[str]:
@@ -143,6 +147,8 @@ def assemble(spec: InitramfsSpec) -> Assembly:
         order = resolve_load_order(index, wanted_modules(spec))
     except BuildError as exc:
         problems.append(str(exc))
+    microcode, found = load_microcode(spec.microcode)
+    problems += found
     if problems:
         raise BuildError("; ".join(problems))
     runtime = build_runtime(spec.entry_modules, mtime=spec.mtime)
@@ -152,7 +158,7 @@ def assemble(spec: InitramfsSpec) -> Assembly:
         entries.append(cpio.regular(ROOT_IMAGE[1:], spec.root_image, 0o644, spec.mtime))
     size = sum(len(e.content()) for e in runtime.entries if stat.S_ISREG(e.mode))
     return Assembly(tuple(cpio.with_parents(canonicalize(entries), spec.mtime)), tuple(load),
-                    runtime.elf_files, size)
+                    runtime.elf_files, size, tuple(microcode))
 
 
 def make_initramfs(spec: InitramfsSpec, out: Path) -> BuildReport:
@@ -163,6 +169,9 @@ def make_initramfs(spec: InitramfsSpec, out: Path) -> BuildReport:
     raw = buf.getvalue()
     data = cpio.compress(raw, spec.compression, spec.level)
     verify_initramfs(data, spec.compression, [*parts.elf_files, *parts.modules_load], where=out)
+    early, _ = plan_early(data, parts.microcode, str(out))   # no early archive of its own
+    if early is not None:
+        data = with_early(early, data, spec.mtime)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomically(out, data)
     return BuildReport(out, len(data), len(raw), len(parts.members), parts.modules_load,

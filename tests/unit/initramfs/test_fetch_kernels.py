@@ -82,6 +82,12 @@ def test_sources_cover_updates_and_security() -> None:
         "deb [arch=amd64 signed-by=/k.gpg] http://m/debian trixie-updates main",
         "deb [arch=amd64 signed-by=/k.gpg] http://s/debian-security trixie-security main",
     ]
+    text = render_sources("bookworm", Mirrors("http://m/debian", None), Path("/k.gpg"),
+                          component="non-free-firmware")
+    assert text.splitlines() == [
+        "deb [arch=amd64 signed-by=/k.gpg] http://m/debian bookworm non-free-firmware",
+        "deb [arch=amd64 signed-by=/k.gpg] http://m/debian bookworm-updates non-free-firmware",
+    ]
 
 
 @pytest.mark.parametrize("depends, expected", [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.bake.early import MicrocodeSource
 from agent.errors import BuildError
 from agent.initramfs.build import (
     INIT_SCRIPT,
@@ -92,16 +93,52 @@ def test_same_inputs_give_identical_bytes(built: tuple[Path, InitramfsSpec],
 def test_bad_inputs_are_reported_together_and_nothing_is_written(tmp_path: Path) -> None:
     k = kernel("bookworm")
     out = tmp_path / "x.img"
+    bad = tmp_path / "bad" / "lib/firmware/amd-ucode/microcode_amd.bin"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"junk")
     spec = InitramfsSpec("6.1.0-0-amd64", k.modules_dir, root_image=tmp_path / "none.sqsh",
-                         compression="lz4")
+                         compression="lz4",
+                         microcode=(MicrocodeSource("bad", "dir:bad", tmp_path / "bad"),))
     with pytest.raises(BuildError) as exc:
         make_initramfs(spec, out)
     assert str(exc.value) == (
         "compression 'lz4': use one of zstd, xz, gzip; "
         f"{tmp_path}/none.sqsh: root image missing or unreadable; "
         f"{k.modules_dir}: modules folder is for kernel release {k.release}, "
-        "not 6.1.0-0-amd64")
-    assert list(tmp_path.iterdir()) == []
+        "not 6.1.0-0-amd64; "
+        "dir:bad: lib/firmware/amd-ucode/microcode_amd.bin: malformed AuthenticAMD microcode: "
+        "container at offset 0: truncated header")
+    assert list(tmp_path.iterdir()) == [tmp_path / "bad"]
+
+
+def test_microcode_goes_into_an_early_archive_before_the_rest(tmp_path: Path) -> None:
+    """--microcode DIR: the agent's initramfs gets the early archive too (a small runtime
+    here: the archive, not the runtime, is under test)."""
+    import json
+
+    from agent.bake import microcode
+    from agent.bake.early import RECORD, leading_archives
+    from agent.commands.mkinitramfs import microcode_source
+    from tests.unit.bake.ucode import amd_container, amd_patch
+
+    k = kernel("bookworm")
+    ext = tmp_path / "amd-ucode"
+    container = amd_container([(0x00830F10, 0x8310)], [amd_patch(0x8310, 0x0830107C)])
+    (ext / "rootfs/usr/lib/firmware/amd-ucode").mkdir(parents=True)
+    (ext / "rootfs/usr/lib/firmware/amd-ucode/microcode_amd_fam17h.bin").write_bytes(container)
+    spec = InitramfsSpec(k.release, k.modules_dir, disk_modules=False, entry_modules=("os",),
+                         compression="gzip", level=1, mtime=1700000000,
+                         microcode=(microcode_source(ext),))
+    report = make_initramfs(spec, tmp_path / "x.img")
+    blob = report.out.read_bytes()
+    ((start, end, entries),) = leading_archives(blob, "x.img")
+    assert (start, report.size, blob[end:end + 2]) == (0, len(blob), b"\x1f\x8b")
+    members = {e.name: e for e in entries}
+    assert microcode.parse_amd(members["kernel/x86/microcode/AuthenticAMD.bin"].content()) == \
+        microcode.parse_amd(container)
+    assert list(json.loads(members[RECORD].content())["AuthenticAMD.bin"].values()) == [
+        ["amd-ucode"]]
+    assert "/init" in read_members(blob[end:], "gzip")
 
 
 @pytest.mark.parametrize("name, links, expected", [
