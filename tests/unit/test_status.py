@@ -12,7 +12,7 @@ import yaml
 
 from agent import lightjson
 from agent.boot.activate import ActivationSettings, settings_from_params
-from agent.boot.cmdline import scan_cmdline
+from agent.boot.cmdline import DEFAULT_ROOT_WAIT, RootKind, RootSpec, UpperSpec, scan_cmdline
 from agent.cli import main
 from agent.commands.get import render_json, render_table, render_yaml
 from agent.errors import StatusError
@@ -215,6 +215,13 @@ def test_get_prints_from_the_status_file(tmp_path: Path, capsys: pytest.CaptureF
     ("root=ZFS=rpool/root overlay_agent.skip=a", ActivationSettings(skip=frozenset({"a"}))),
     ("overlay_agent.strict=maybe overlay_agent.disable=0", ActivationSettings(
         problem="overlay_agent.strict=maybe: not a yes/no value")),
+    ("overlay_agent.upper=tmpfs:1g rootdelay=4", ActivationSettings(
+        upper=UpperSpec(size="1g"), upper_wait=4.0)),
+    ("overlay_agent.upper=LABEL=u:/x rootwait", ActivationSettings(     # never forever
+        upper=UpperSpec(RootSpec(RootKind.LABEL, "u"), "/x"), upper_wait=DEFAULT_ROOT_WAIT)),
+    ("overlay_agent.upper=sdb", ActivationSettings(
+        problem="overlay_agent.upper=sdb: unknown syntax (expected /dev/NAME, UUID=, LABEL=, "
+                "PARTUUID= or PARTLABEL=)")),
 ])
 def test_settings_from_the_one_cmdline_parser(cmdline: str,
                                               expected: ActivationSettings) -> None:
