@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agent.boot.activate import ActivationSettings
 
 UPPER_MOUNT = "upper"        # staging name of the upper's filesystem
+SHADOW_UNION = "shadows"     # staging name of the layers' union while shadows are sought
 UPPER_DIR, WORK_DIR = "upper", "work"
 UPPER_FSTYPE = "ext4"        # the writable filesystem rootdev recognises
 MIN_FREE = 1 << 20           # bytes: below this a device upper counts as full
@@ -225,23 +226,55 @@ def mount_writable(lowers: list[str], target: str, up: Upper,
     return overlay.mount_overlay(lowers, target, up.dirs)
 
 
-def find_shadows(up: Upper, layers: list[str]) -> None:
+def find_shadows(up: Upper, layers: list[str], staging_dir: str) -> None:
     """Files of a persistent upper that hide files the extension layers ship (the upper
     wins in overlayfs): a non-directory, a whiteout or an opaque directory in the upper
-    where a layer has an entry. Walks only the directories both sides have."""
-    if up.mode != statusfile.ROOT_PERSISTENT:
+    where a layer has an entry. One walk over the layers' union (for a while a read-only
+    overlay of them at STAGING/shadows: the kernel merges the directories) and the upper
+    together, into the directories both have, the upper's side first: an empty upper
+    reads no layer."""
+    from agent import syscalls
+    from agent.boot import overlay
+
+    if up.mode != statusfile.ROOT_PERSISTENT or not layers or not _entries(up.dirs[0]):
         return
+    union, scratch = layers[0], os.path.join(staging_dir, SHADOW_UNION)
+    if len(layers) > 1:
+        try:
+            os.makedirs(scratch, exist_ok=True)
+            overlay.mount_overlay(layers, scratch)
+            union = scratch
+        except OSError:
+            union = ""      # the kernel will not merge them: walk each layer instead
     found: set[str] = set()
-    for layer in layers:
-        _shadows(layer, up.dirs[0], "", found)
+    try:
+        for lower in [union] if union else layers:
+            _shadows(lower, up.dirs[0], "", found)
+    finally:
+        if union == scratch:
+            try:
+                syscalls.umount2(scratch)
+            except OSError:
+                syscalls.umount2(scratch, syscalls.MNT_DETACH)
+            os.rmdir(scratch)
     up.shadowed_count = len(found)
     up.shadowed = sorted(found)[:SHADOWS_SHOWN]
 
 
+def _entries(path: str) -> set[str]:
+    try:
+        return set(os.listdir(path))
+    except OSError:
+        return set()
+
+
 def _shadows(lower: str, upper: str, rel: str, found: set[str]) -> None:
+    names = _entries(upper)
+    if not names:
+        return
     try:
         with os.scandir(lower) as it:
-            entries = list(it)
+            entries = [entry for entry in it if entry.name in names]
     except OSError:
         return
     for entry in entries:

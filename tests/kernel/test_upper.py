@@ -314,12 +314,26 @@ def test_work_dir_that_is_a_file_is_replaced(env: Env, disks: Callable[..., Disk
     assert got is not None and got.repaired.endswith("/upper/work: not a directory; replaced")
 
 
+@pytest.mark.parametrize("union", [True, False])
 def test_upper_files_shadowing_extension_files_are_reported(
-        env: Env, announced: list[str], disks: Callable[..., Disk], image_cache: Callable[[int], Path]) -> None:
+        env: Env, announced: list[str], disks: Callable[..., Disk],
+        image_cache: Callable[[int], Path], monkeypatch: pytest.MonkeyPatch,
+        union: bool) -> None:
+    """Found through the layers' union, or layer by layer when the kernel refuses it."""
     disk = disks()
     env.add(image_cache, [0, 1])
     settings = settings_for(env, f"overlay_agent.upper={disk.dev}")
     env.activate(settings)
+    if not union:
+        real = syscalls.mount
+
+        def no_union(src: str | None, dst: str, fstype: str | None = None, flags: int = 0,
+                     data: str | None = None) -> None:
+            if dst.endswith("/shadows"):
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), dst)
+            real(src, dst, fstype, flags, data)
+
+        monkeypatch.setattr(syscalls, "mount", no_union)
     (env.target / SHARE / "only-1").write_text("edited")    # copied up: hides layer 1's
     (env.target / SHARE / "only-0").unlink()                # a whiteout hides layer 0's
     (env.target / "etc/mine").write_text("no extension ships it")
@@ -330,6 +344,7 @@ def test_upper_files_shadowing_extension_files_are_reported(
     assert got is not None
     assert (got.shadowed_count, got.shadowed) == (2, (f"/{SHARE}/only-0", f"/{SHARE}/only-1"))
     assert env.read(f"{SHARE}/only-1") == "edited"
+    assert not Path(env.settings.staging_dir, "shadows").exists()    # the union is gone
     assert announced[-1] == (
         f"2 file(s) in the upper hide files the extensions ship: /{SHARE}/only-0, "
         f"/{SHARE}/only-1")
