@@ -246,6 +246,7 @@ def find_shadows(up: Upper, layers: list[str], staging_dir: str) -> None:
             union = scratch
         except OSError:
             union = ""      # the kernel will not merge them: walk each layer instead
+            _rmdir(scratch)
     found: set[str] = set()
     try:
         for lower in [union] if union else layers:
@@ -256,9 +257,16 @@ def find_shadows(up: Upper, layers: list[str], staging_dir: str) -> None:
                 syscalls.umount2(scratch)
             except OSError:
                 syscalls.umount2(scratch, syscalls.MNT_DETACH)
-            os.rmdir(scratch)
+            _rmdir(scratch)
     up.shadowed_count = len(found)
     up.shadowed = sorted(found)[:SHADOWS_SHOWN]
+
+
+def _rmdir(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _entries(path: str) -> set[str]:
@@ -314,8 +322,7 @@ def make_base_readonly(base: str) -> None:
 def announce_root(up: Upper | None) -> None:
     """Say once, at boot, what kind of root this is (the journal keeps the kernel log)."""
     if up is None:
-        announce("/ is read-only by design (no overlay_agent.upper=); the fstab view marks "
-                 "it ro, so systemd does not try to remount it read-write")
+        announce("/ is read-only by design (no overlay_agent.upper=)")
         return
     up.measure()
     announce(up.describe())

@@ -161,9 +161,7 @@ def test_read_only_root_has_an_ro_fstab_view(env: Env, announced: list[str], dis
     syscalls.mount(None, str(env.target), None, syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
     got = status(env)
     assert (got.root_mode, got.upper) == (ROOT_READ_ONLY, None)
-    assert announced == [
-        "/ is read-only by design (no overlay_agent.upper=); the fstab view marks it ro, so "
-        "systemd does not try to remount it read-write"]
+    assert announced == ["/ is read-only by design (no overlay_agent.upper=)"]
 
 
 def test_upper_without_extensions_still_makes_root_writable(env: Env,
