@@ -4,6 +4,7 @@ The demo root (in the initramfs) carries one extension; a blank ext4 disk (LABEL
 is attached read-write to every boot. Boot 1 writes /etc/oa-probe, boot 2 on the same disk
 looks for it: kept with overlay_agent.upper=LABEL=oa-upper, gone with a tmpfs upper (and
 the disk not written at all). A device that never appears falls back to tmpfs, printed.
+Without the key, `/` is read-only (even with `rw`) and the kernel log says it is by design.
 The checks run in the guest (extensions.py's PASS/FAIL lines).
 """
 
@@ -57,6 +58,12 @@ SCENARIOS: Mapping[str, Sequence[Check]] = {
                                      "kept in RAM (tmpfs) until shutdown'")],
     "tmpfs-again": [*mode_checks("volatile", "tmpfs"), EXTENSION,
                     Check("gone", "[ ! -e /etc/oa-probe ]")],
+    "read-only": [Check("root-ro", ROOT_RW.replace("overlay rw", "overlay ro")), EXTENSION,
+                  Check("no-write", "! touch /etc/oa-probe 2>/dev/null"),
+                  Check("status", "grep -q '\"root_mode\":\"read-only\"' "
+                                  "/run/overlay-agent/status.json"),
+                  Check("get-json", "! grep -q RootStatuses /tmp/json"),
+                  Check("journal", "dmesg | grep -q 'overlay-agent: / is read-only by design'")],
     "missing": [*mode_checks("volatile", "tmpfs"), EXTENSION, WRITE,
                 Check("stderr", "grep -q 'LABEL=oa-nowhere: device did not appear within 2 s' "
                                 "/tmp/table")],
@@ -130,6 +137,13 @@ def test_tmpfs_upper_forgets_a_write_and_leaves_the_disk(setup: Setup, tmp_path:
                   "tmpfs-write")
     assert_passed(*boot(setup, "tmpfs-again", disk, "overlay_agent.upper=tmpfs"),
                   "tmpfs-again")
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+
+
+def test_default_root_is_read_only_and_says_so(setup: Setup, tmp_path: Path) -> None:
+    disk = blank_disk(tmp_path)
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    assert_passed(*boot(setup, "read-only", disk, "rw"), "read-only")
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
 
 
