@@ -125,6 +125,7 @@ def open_upper(settings: ActivationSettings, base_root: str,
 def fall_back(up: Upper, reason: str, note: Callable[[str], None]) -> None:
     up.release()
     up.mode, up.source, up.folder = statusfile.ROOT_VOLATILE, "tmpfs", ""
+    up.shadowed, up.shadowed_count = [], 0      # the device's: not what the root shows
     up.fallback = f"{UPPER_KEY}={up.spec}: {reason}; a tmpfs upper serves instead"
     note(up.fallback)
 

@@ -364,16 +364,23 @@ def test_hook_mode_makes_an_rw_base_read_only_below_the_upper(
 
 
 def test_overlay_refusing_the_device_falls_back(env: Env, disks: Callable[..., Disk],
+                                               image_cache: Callable[[int], Path],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """When the overlay refuses the device even with an empty work dir, a tmpfs serves."""
+    """When the overlay refuses the device even with an empty work dir, a tmpfs serves
+    (and the device's shadowing file is not reported: the root does not show it)."""
     disk = disks()
+    env.add(image_cache, [0])
+    inside = disk.mounted(env.work / "look")
+    (inside / "upper" / SHARE).mkdir(parents=True)
+    (inside / "upper" / SHARE / "layer").write_text("mine")
+    syscalls.umount2(str(inside))
     real = syscalls.mount
     upper_fs = env.settings.staging_dir + "/upper"
 
     def refuse(src: str | None, dst: str, fstype: str | None = None, flags: int = 0,
                data: str | None = None) -> None:
-        on_device = syscalls.statfs_type(upper_fs) != syscalls.TMPFS_MAGIC
-        if fstype == "overlay" and data and "upperdir=" in data and on_device:
+        if fstype == "overlay" and data and "upperdir=" in data \
+                and syscalls.statfs_type(upper_fs) != syscalls.TMPFS_MAGIC:
             raise OSError(errno.EIO, os.strerror(errno.EIO), dst)
         real(src, dst, fstype, flags, data)
 
@@ -381,8 +388,10 @@ def test_overlay_refusing_the_device_falls_back(env: Env, disks: Callable[..., D
     assert env.activate(settings_for(env, f"overlay_agent.upper={disk.dev}")) == str(env.target)
     monkeypatch.setattr(syscalls, "mount", real)
     (env.target / "etc/x").write_text("x")
+    assert env.read(f"{SHARE}/layer") == "0"
     got = status(env)
     assert got.root_mode == ROOT_VOLATILE and got.upper is not None
     assert got.upper.fallback == (f"overlay_agent.upper={disk.dev}: overlay over "
                                   f"{env.settings.staging_dir}/upper: Input/output error{FALLBACK}")
+    assert (got.upper.shadowed_count, got.upper.repaired) == (0, "")
     assert env.lines == [got.upper.fallback]
