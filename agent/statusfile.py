@@ -24,6 +24,10 @@ API_NONE = "none"          # no layer active: the bare root
 API_MOUNT = "mount"        # mount(2), the option string fits a page
 API_FSCONFIG = "fsconfig"  # fsopen/fsconfig lowerdir+ (Linux 6.8+)
 OVERLAY_APIS = (API_NONE, API_MOUNT, API_FSCONFIG)
+ROOT_READ_ONLY = "read-only"    # no upper: the immutable root (also a bare root)
+ROOT_VOLATILE = "volatile"      # upper on tmpfs: writes are gone at the next boot
+ROOT_PERSISTENT = "persistent"  # upper on a device: writes are kept
+ROOT_MODES = (ROOT_READ_ONLY, ROOT_VOLATILE, ROOT_PERSISTENT)
 
 
 def utc_now() -> str:
@@ -45,13 +49,32 @@ def extension_doc(*, index: int, image: str, kind: str, name: str, version: str,
             "device": device}
 
 
+def upper_doc(*, requested: str, source: str, dir: str, size_bytes: int, used_bytes: int,
+              fallback: str, repaired: str, shadowed_count: int,
+              shadowed: list[str]) -> dict[str, object]:
+    """The writable upper: `requested` as overlay_agent.upper= said, `source` the device node
+    or tmpfs, `dir` its folder on the device, usage at boot, why a tmpfs replaced the device,
+    a stale work dir emptied, and the upper's files that hide an extension's."""
+    return {"requested": requested, "source": source, "dir": dir, "size_bytes": size_bytes,
+            "used_bytes": used_bytes, "fallback": fallback, "repaired": repaired,
+            "shadowed_count": shadowed_count, "shadowed": shadowed}
+
+
+def shadow_line(count: int, shown: list[str] | tuple[str, ...]) -> str:
+    """The one line, at boot and from `get`, about upper files hiding extension files."""
+    more = ", ..." if count > len(shown) else ""
+    return (f"{count} file(s) in the upper hide files the extensions ship: "
+            + ", ".join(shown) + more)
+
+
 def boot_doc(*, extensions: list[dict[str, object]], root: str, overlay: str,
              notes: list[str], disabled: bool, strict: bool, list_path: str, activated: str,
-             duration_ms: float) -> dict[str, object]:
+             duration_ms: float, root_mode: str = ROOT_READ_ONLY,
+             upper: dict[str, object] | None = None) -> dict[str, object]:
     return {"schema": STATUS_SCHEMA, "root": root, "overlay": overlay, "notes": notes,
             "disabled": disabled, "strict": strict, "list_path": list_path,
             "activated": activated, "duration_ms": round(duration_ms, 3),
-            "extensions": extensions}
+            "root_mode": root_mode, "upper": upper, "extensions": extensions}
 
 
 def write_json_atomic(path: str, doc: dict[str, object]) -> None:
@@ -102,11 +125,34 @@ class ExtensionStatus(Value):
                   device=device)
 
 
+class UpperStatus(Value):
+    """The writable upper as the boot recorded it (fields: upper_doc)."""
+
+    __slots__ = ("dir", "fallback", "repaired", "requested", "shadowed", "shadowed_count",
+                 "size_bytes", "source", "used_bytes")
+    requested: str
+    source: str               # device node, or "tmpfs"
+    dir: str                  # folder on the device holding upper/ and work/ ("" on tmpfs)
+    size_bytes: int
+    used_bytes: int
+    fallback: str             # why a tmpfs serves instead of the device ("" when it does not)
+    repaired: str             # a stale work dir emptied
+    shadowed_count: int
+    shadowed: tuple[str, ...]  # the first few of them
+
+    def __init__(self, *, requested: str, source: str, dir: str = "", size_bytes: int = 0,
+                 used_bytes: int = 0, fallback: str = "", repaired: str = "",
+                 shadowed_count: int = 0, shadowed: tuple[str, ...] = ()) -> None:
+        self._set(requested=requested, source=source, dir=dir, size_bytes=size_bytes,
+                  used_bytes=used_bytes, fallback=fallback, repaired=repaired,
+                  shadowed_count=shadowed_count, shadowed=tuple(shadowed))
+
+
 class BootStatus(Value):
     """The whole status file."""
 
     __slots__ = ("activated", "disabled", "duration_ms", "extensions", "list_path", "notes",
-                 "overlay", "root", "strict")
+                 "overlay", "root", "root_mode", "strict", "upper")
     extensions: tuple[ExtensionStatus, ...]
     root: str                 # the directory switched into
     overlay: str              # one of OVERLAY_APIS
@@ -116,14 +162,17 @@ class BootStatus(Value):
     list_path: str
     activated: str
     duration_ms: float
+    root_mode: str            # one of ROOT_MODES
+    upper: UpperStatus | None
 
     def __init__(self, *, extensions: tuple[ExtensionStatus, ...] = (), root: str = "",
                  overlay: str = API_NONE, notes: tuple[str, ...] = (), disabled: bool = False,
                  strict: bool = False, list_path: str = "", activated: str = "",
-                 duration_ms: float = 0.0) -> None:
+                 duration_ms: float = 0.0, root_mode: str = ROOT_READ_ONLY,
+                 upper: UpperStatus | None = None) -> None:
         self._set(extensions=tuple(extensions), root=root, overlay=overlay, notes=tuple(notes),
                   disabled=disabled, strict=strict, list_path=list_path, activated=activated,
-                  duration_ms=duration_ms)
+                  duration_ms=duration_ms, root_mode=root_mode, upper=upper)
 
 
 _STR_FIELDS = ("id", "image", "kind", "name", "version", "reason", "author", "description",
@@ -147,6 +196,26 @@ def check_extension(raw: object, where: str) -> list[str]:
     return problems
 
 
+_UPPER_STR = ("requested", "source", "dir", "fallback", "repaired")
+_UPPER_INT = ("size_bytes", "used_bytes", "shadowed_count")
+
+
+def check_upper(raw: object, where: str) -> list[str]:
+    """Every problem of the upper record (pure); null is the read-only root."""
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        return [f"{where}: not an object"]
+    problems = [f"{where}: {key} is not a string" for key in _UPPER_STR
+                if not isinstance(raw.get(key), str)]
+    problems += [f"{where}: {key} is not an integer" for key in _UPPER_INT
+                 if not isinstance(raw.get(key), int)]
+    shadowed = raw.get("shadowed")
+    if not isinstance(shadowed, list) or not all(isinstance(p, str) for p in shadowed):
+        problems.append(f"{where}: shadowed is not a list of strings")
+    return problems
+
+
 def check_status(doc: object, where: str) -> list[str]:
     """Every problem of a parsed status document (pure)."""
     if not isinstance(doc, dict):
@@ -158,6 +227,9 @@ def check_status(doc: object, where: str) -> list[str]:
         problems.append(f"{where}: unknown overlay {doc.get('overlay')!r}")
     if not isinstance(doc.get("notes"), list):
         problems.append(f"{where}: notes is not a list")
+    if doc.get("root_mode", ROOT_READ_ONLY) not in ROOT_MODES:   # absent: an older agent
+        problems.append(f"{where}: unknown root_mode {doc.get('root_mode')!r}")
+    problems += check_upper(doc.get("upper"), f"{where}: upper")
     exts = doc.get("extensions")
     if not isinstance(exts, list):
         return [*problems, f"{where}: extensions is not a list"]
@@ -171,6 +243,9 @@ def status_from_doc(doc: dict[str, object]) -> BootStatus:
     exts: list[dict[str, object]] = doc["extensions"]  # type: ignore[assignment]
     notes: list[object] = doc["notes"]  # type: ignore[assignment]
     duration = doc.get("duration_ms", 0.0)
+    raw_upper: dict[str, object] | None = doc.get("upper")  # type: ignore[assignment]
+    upper = None if raw_upper is None else UpperStatus(**{  # type: ignore[arg-type]
+        key: raw_upper[key] for key in (*_UPPER_STR, *_UPPER_INT, "shadowed")})
     return BootStatus(
         extensions=tuple(ExtensionStatus(device=str(e.get("device", "")), **{  # type: ignore[arg-type]
             key: e[key] for key in ("index", "phase", "compatibility", *_STR_FIELDS)})
@@ -179,7 +254,8 @@ def status_from_doc(doc: dict[str, object]) -> BootStatus:
         notes=tuple(str(n) for n in notes), disabled=bool(doc.get("disabled")),
         strict=bool(doc.get("strict")), list_path=str(doc.get("list_path", "")),
         activated=str(doc.get("activated", "")),
-        duration_ms=float(duration) if isinstance(duration, (int, float)) else 0.0)
+        duration_ms=float(duration) if isinstance(duration, (int, float)) else 0.0,
+        root_mode=str(doc.get("root_mode", ROOT_READ_ONLY)), upper=upper)
 
 
 def read_status(path: str = STATUS_PATH) -> BootStatus:

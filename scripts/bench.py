@@ -24,6 +24,7 @@ MODULES = (
     "bench_bake",
     "bench_image",
     "bench_activate",
+    "bench_upper",
     "bench_initramfs",
 )
 

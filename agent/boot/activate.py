@@ -17,7 +17,8 @@ import os
 import time
 
 from agent import listfile, statusfile
-from agent.boot import overlay
+from agent.boot import fstabview, overlay, upper
+from agent.boot.cmdline import DEFAULT_ROOT_WAIT, UpperSpec
 from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
 from agent.boot.workers import share_out
 from agent.errors import BootError, ListFileError
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from agent.boot.cmdline import BootParams
+    from agent.boot.upper import Upper
 
 MOUNT_THREADS = 3  # mounts at once; they mostly wait on the loop worker (2 to 4: alike here)
 LOOP_BLOCK = 4096
@@ -39,7 +41,7 @@ class ActivationSettings(Value):
     """Frozen settings (a frozen dataclass in behaviour: keyword constructor, ==, hash)."""
 
     __slots__ = ("disable", "images_dir", "list_path", "problem", "skip", "staging_dir",
-                 "status_path", "strict")
+                 "status_path", "strict", "upper", "upper_wait")
     disable: bool             # overlay_agent.disable
     skip: frozenset[str]      # overlay_agent.skip=NAME[,NAME] (metadata names or IDs)
     strict: bool              # overlay_agent.strict: any failure -> raise BootError
@@ -48,22 +50,27 @@ class ActivationSettings(Value):
     status_path: str          # /run is moved into the new root later
     staging_dir: str          # short: every layer path goes into one mount(2) page
     problem: str              # an unusable overlay_agent.* key: nothing activates
+    upper: UpperSpec | None   # overlay_agent.upper= (agent.boot.upper); None: read-only
+    upper_wait: float         # seconds to wait for the upper's device (never forever)
 
     def __init__(self, disable: bool = False, skip: frozenset[str] = frozenset(),
                  strict: bool = False, list_path: str = listfile.LIST_PATH,
                  images_dir: str = listfile.IMAGES_DIR,
                  status_path: str = statusfile.STATUS_PATH, staging_dir: str = "/run/oa",
-                 problem: str = "") -> None:
+                 problem: str = "", upper: UpperSpec | None = None,
+                 upper_wait: float = DEFAULT_ROOT_WAIT) -> None:
         self._set(disable=disable, skip=frozenset(skip), strict=strict, list_path=list_path,
                   images_dir=images_dir, status_path=status_path, staging_dir=staging_dir,
-                  problem=problem)
+                  problem=problem, upper=upper, upper_wait=upper_wait)
 
 
 def settings_from_params(params: BootParams, **paths: str) -> ActivationSettings:
     """The overlay_agent.* keys of a scanned command line (agent.boot.cmdline);
     `paths` overrides the list, images, status and staging paths."""
+    wait = params.root_timeout
     return ActivationSettings(params.disable, params.skip, params.strict,
-                              problem="; ".join(params.own_problems), **paths)
+                              problem="; ".join(params.own_problems), upper=params.upper,
+                              upper_wait=DEFAULT_ROOT_WAIT if wait is None else wait, **paths)
 
 
 def report(line: str) -> None:
@@ -110,6 +117,7 @@ class Activation:
         self.stamp = statusfile.utc_now()
         self.cands: list[Candidate] = []
         self.busy = 0.0     # seconds spent in the two halves (not the wait between them)
+        self.upper: Upper | None = None
 
     def record(self, index: int, entry: Layer, phase: str, reason: str = "",
                device: str = "") -> None:
@@ -231,8 +239,9 @@ def unmount_staging(mounted: list[tuple[int, str]]) -> None:
             pass
 
 
-def mount_list_layer(run: Activation, staging: str) -> str | None:
-    """A tiny tmpfs holding etc/extensions.yaml, stacked topmost.
+def mount_list_layer(run: Activation, staging: str, base_root: str) -> str | None:
+    """A tiny tmpfs holding etc/extensions.yaml and the fstab view (agent.boot.fstabview),
+    stacked topmost.
 
     Binding the list over /etc/extensions.yaml needs that file in the root already (a bind
     needs a mount point, and neither a read-only root nor an overlay without upperdir can
@@ -249,9 +258,11 @@ def mount_list_layer(run: Activation, staging: str) -> str | None:
         return None
     try:
         os.mkdir(os.path.join(staging, "etc"), 0o755)
-        with open(run.settings.list_path, "rb") as src, open(
-                os.path.join(staging, listfile.BOUND_LIST_PATH.lstrip("/")), "xb") as dst:
-            dst.write(src.read())
+        if run.mounted:
+            with open(run.settings.list_path, "rb") as src, open(
+                    os.path.join(staging, listfile.BOUND_LIST_PATH.lstrip("/")), "xb") as dst:
+                dst.write(src.read())
+        fstabview.write_view(base_root, staging, run.upper is not None)
     except OSError as exc:
         unmount_staging([(-1, staging)])
         run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: {exc.strerror}")
@@ -305,24 +316,35 @@ def mount_layers(run: Activation) -> None:
 
 
 def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str]:
-    """One read-only overlay; return (root to switch into, statusfile.API_*)."""
-    if not run.mounted:
+    """One overlay: read-only, or writable over the upper of overlay_agent.upper=
+    (agent.boot.upper); return (root to switch into, statusfile.API_*)."""
+    run.upper = upper.open_upper(run.settings, base_root, run.note)
+    if not run.mounted and run.upper is None:
         return base_root, statusfile.API_NONE
     list_layer = None
     if len(run.mounted) + 2 <= listfile.KERNEL_MAX_LOWER:
-        list_layer = mount_list_layer(run, os.path.join(run.settings.staging_dir, LIST_LAYER))
+        list_layer = mount_list_layer(run, os.path.join(run.settings.staging_dir, LIST_LAYER),
+                                      base_root)
     else:
         run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: no room left under the "
                          f"kernel's {listfile.KERNEL_MAX_LOWER}-layer limit")
     # overlayfs reads lowerdir leftmost = topmost: the LAST list entry goes first, so later
     # entries win over earlier ones; the base root is the bottom; the list layer tops all.
     lowers = [path for _, path in reversed(run.mounted)] + [base_root]
+    if run.upper is not None:
+        upper.find_shadows(run.upper, lowers[:-1], run.settings.staging_dir)
     if list_layer is not None:
         lowers.insert(0, list_layer)
         run.mounted.append((-1, list_layer))
     try:
-        api = overlay.mount_overlay(lowers, target)
+        if run.upper is None:
+            api = overlay.mount_overlay(lowers, target)
+        else:
+            api = upper.mount_writable(lowers, target, run.upper, run.note)
     except OSError as exc:
+        if run.upper is not None:
+            run.upper.release()
+            run.upper = None
         reason = f"overlay at {target}: {exc.strerror}; booting the bare root"
         for index, _ in run.mounted:
             if index in run.records:
@@ -331,6 +353,7 @@ def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str
         run.undo()
         return base_root, statusfile.API_NONE
     run.undo()
+    upper.announce_root(run.upper)
     return target, api
 
 
@@ -376,7 +399,9 @@ def save_run_status(run: Activation, root: str, api: str) -> None:
     save_status(settings.status_path, statusfile.boot_doc(
         extensions=[run.records[i] for i in sorted(run.records)], root=root,
         overlay=api, notes=run.notes, disabled=settings.disable, strict=settings.strict,
-        list_path=settings.list_path, activated=run.stamp, duration_ms=run.busy * 1000))
+        list_path=settings.list_path, activated=run.stamp, duration_ms=run.busy * 1000,
+        root_mode=upper.root_mode(run.upper, api != statusfile.API_NONE),
+        upper=None if run.upper is None else run.upper.doc()))
 
 
 def save_status(path: str, doc: dict[str, object]) -> None:
@@ -398,6 +423,7 @@ def activate_mounted_root(root_dir: str, settings: ActivationSettings) -> str:
     except OSError as exc:
         raise BootError(f"{root_dir}: cannot move the root mount aside: {exc.strerror}") from None
     try:
+        upper.make_base_readonly(base)
         result = activate_extensions(base, root_dir, settings)
     except BaseException:
         syscalls.mount(base, root_dir, None, syscalls.MS_MOVE)

@@ -18,6 +18,9 @@ _TRUE = ("", "1", "y", "yes", "true", "on")
 _FALSE = ("0", "n", "no", "false", "off")
 _OWN_FLAGS = ("disable", "strict", "debug")
 _ROOT_SYNTAX = "expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL="
+UPPER_KEY = PREFIX + "upper"
+UPPER_TMPFS = "tmpfs"
+_SIZE_UNITS = "kKmMgG%"
 
 
 class RootKind:
@@ -42,6 +45,24 @@ class RootSpec(Value):
         return self.value if self.kind == RootKind.PATH else f"{self.kind}={self.value}"
 
 
+class UpperSpec(Value):
+    """overlay_agent.upper=: a tmpfs (`device` None, `size` "" = tmpfs's default) or a
+    device in root='s grammar with `dir`, the folder on it holding upper/ and work/."""
+
+    __slots__ = ("device", "dir", "size")
+    device: RootSpec | None
+    dir: str
+    size: str
+
+    def __init__(self, device: RootSpec | None = None, dir: str = "/", size: str = "") -> None:
+        self._set(device=device, dir=dir, size=size)
+
+    def __str__(self) -> str:
+        if self.device is None:
+            return UPPER_TMPFS + (f":{self.size}" if self.size else "")
+        return str(self.device) + ("" if self.dir == "/" else f":{self.dir}")
+
+
 class BootParams(Value):
     """What PID 1 takes from the kernel command line."""
 
@@ -62,6 +83,7 @@ class BootParams(Value):
         "rootwait_limit",
         "skip",
         "strict",
+        "upper",
     )
     root: RootSpec | None
     rootfstype: str | None
@@ -77,6 +99,7 @@ class BootParams(Value):
     skip: frozenset[str]
     strict: bool
     debug: bool
+    upper: UpperSpec | None    # None: the read-only root
     notes: tuple[str, ...]     # harmless oddities, printed at boot
     problems: tuple[str, ...]  # unusable keys, each message starting with its key
 
@@ -86,12 +109,13 @@ class BootParams(Value):
                  rootdelay: float | None = None, panic: int = 0,
                  quiet: bool = False, disable: bool = False, skip: frozenset[str] = frozenset(),
                  strict: bool = False, debug: bool = False,
-                 notes: tuple[str, ...] = (), problems: tuple[str, ...] = ()) -> None:
+                 upper: UpperSpec | None = None, notes: tuple[str, ...] = (),
+                 problems: tuple[str, ...] = ()) -> None:
         self._set(root=root, rootfstype=rootfstype, rootflags=rootflags, init=init,
                   init_args=init_args, rootwait=rootwait, rootwait_limit=rootwait_limit,
                   rootdelay=rootdelay, panic=panic, quiet=quiet, disable=disable, skip=skip,
-                  strict=strict, debug=debug, notes=notes,
-                  problems=problems)
+                  strict=strict, debug=debug, upper=upper,
+                  notes=notes, problems=problems)
 
     @property
     def own_problems(self) -> tuple[str, ...]:
@@ -131,30 +155,52 @@ def split_cmdline(text: str) -> tuple[list[str], list[str]]:
     return words, []
 
 
-def parse_root(value: str) -> RootSpec:
-    """`root=` value -> RootSpec; unknown syntax raises BootError."""
+def parse_root(value: str, key: str = "root") -> RootSpec:
+    """`root=` value -> RootSpec; unknown syntax raises BootError naming `key`."""
     aliases = {"/dev/disk/by-uuid/": RootKind.UUID, "/dev/disk/by-label/": RootKind.LABEL,
                "/dev/disk/by-partuuid/": RootKind.PARTUUID,
                "/dev/disk/by-partlabel/": RootKind.PARTLABEL}
     for prefix, kind in aliases.items():
         if value.startswith(prefix) and len(value) > len(prefix):
-            return _tagged(kind, value[len(prefix):], value)
+            return _tagged(kind, value[len(prefix):], value, key)
     for kind in (RootKind.UUID, RootKind.LABEL, RootKind.PARTUUID, RootKind.PARTLABEL):
         tag = f"{kind}="
         if value.upper().startswith(tag) and value[:len(tag)] == tag:
-            return _tagged(kind, value[len(tag):], value)
+            return _tagged(kind, value[len(tag):], value, key)
     if value.startswith("/dev/") and len(value) > 5 and "/../" not in value + "/":
         return RootSpec(RootKind.PATH, value)
-    raise BootError(f"root={value}: unknown syntax ({_ROOT_SYNTAX})")
+    raise BootError(f"{key}={value}: unknown syntax ({_ROOT_SYNTAX})")
 
 
-def _tagged(kind: str, rest: str, original: str) -> RootSpec:
+def _tagged(kind: str, rest: str, original: str, key: str) -> RootSpec:
     if not rest:
-        raise BootError(f"root={original}: empty {kind}")
+        raise BootError(f"{key}={original}: empty {kind}")
     named = kind in (RootKind.LABEL, RootKind.PARTLABEL)     # names keep their case
     if not named and not all(c in "0123456789abcdefABCDEF-" for c in rest):
-        raise BootError(f"root={original}: {kind} must be hexadecimal digits and dashes")
+        raise BootError(f"{key}={original}: {kind} must be hexadecimal digits and dashes")
     return RootSpec(kind, rest if named else rest.lower())
+
+
+def parse_upper(value: str) -> UpperSpec:
+    """`overlay_agent.upper=` value: `tmpfs[:SIZE]` or `DEVICE[:/DIR]`, DEVICE as root=.
+
+    The folder is split off at the last `:/`, so a label holding a colon still works.
+    """
+    key = UPPER_KEY
+    if value == UPPER_TMPFS or value.startswith(UPPER_TMPFS + ":"):
+        size = value[len(UPPER_TMPFS) + 1:]
+        number = size[:-1] if size[-1:] in tuple(_SIZE_UNITS) else size
+        if len(value) > len(UPPER_TMPFS) and not (number.isascii() and number.isdigit()):
+            raise BootError(f"{key}={value}: size must be a number with an optional "
+                            "k, m, g or % (as tmpfs's size=)")
+        return UpperSpec(size=size)
+    cut = value.rfind(":/")
+    device, folder = (value[:cut], value[cut + 1:]) if cut > 0 else (value, "/")
+    parts = folder.split("/")
+    if any(c in folder for c in ",:\\") or ".." in parts or "." in parts:
+        raise BootError(f"{key}={value}: the folder must be an absolute path without "
+                        "'.', '..', ',', ':' or '\\'")
+    return UpperSpec(parse_root(device, key), "/" + "/".join(p for p in parts if p))
 
 
 def parse_cmdline(text: str) -> BootParams:
@@ -216,6 +262,10 @@ def _apply_own(name: str, has_value: bool, value: str, values: dict[str, object]
         values[name] = _flag(PREFIX + name, value)
     elif name == "skip" and has_value:
         skip.update(part for part in value.split(",") if part)
+    elif name == "upper":
+        if not has_value:
+            raise BootError(f"{UPPER_KEY}: needs a value (tmpfs[:SIZE] or DEVICE[:/DIR])")
+        values["upper"] = parse_upper(value)
     else:
         notes.append(f"{PREFIX}{name}: unknown key, ignored")
 

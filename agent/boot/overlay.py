@@ -1,4 +1,5 @@
-"""One read-only overlayfs from a stack of lower directories (no mount process).
+"""One overlayfs from a stack of lower directories (no mount process): read-only, or
+writable over an upper and work directory.
 
 mount(2) copies at most one page of option data, so a long `lowerdir=` goes through
 fsopen/fsconfig instead, one `lowerdir+` value per layer (Linux 6.8+).
@@ -20,33 +21,40 @@ def escape_lowerdir(path: str) -> str:
     return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
-def lowerdir_option(lowers: list[str]) -> str:
-    return "lowerdir=" + ":".join(escape_lowerdir(p) for p in lowers)
+def lowerdir_option(lowers: list[str], upper: tuple[str, str] | None = None) -> str:
+    """The mount(2) option string; `upper` = (upperdir, workdir) makes it writable."""
+    option = "lowerdir=" + ":".join(escape_lowerdir(p) for p in lowers)
+    if upper is not None:
+        option += ",upperdir={},workdir={}".format(*(escape_lowerdir(p) for p in upper))
+    return option
 
 
-def choose_api(lowers: list[str]) -> str:
+def choose_api(lowers: list[str], upper: tuple[str, str] | None = None) -> str:
     """API_MOUNT when the option string fits mount(2)'s page, else API_FSCONFIG."""
-    fits = len(os.fsencode(lowerdir_option(lowers))) + 1 <= MOUNT_DATA_LIMIT
+    fits = len(os.fsencode(lowerdir_option(lowers, upper))) + 1 <= MOUNT_DATA_LIMIT
     return API_MOUNT if fits else API_FSCONFIG
 
 
-def mount_overlay(lowers: list[str], target: str) -> str:
-    """Mount `lowers` (topmost first, as overlayfs reads them) read-only at `target`;
-    return the API used (statusfile.API_MOUNT or API_FSCONFIG)."""
+def mount_overlay(lowers: list[str], target: str, upper: tuple[str, str] | None = None) -> str:
+    """Mount `lowers` (topmost first, as overlayfs reads them) at `target`: read-only, or
+    writable over `upper` = (upperdir, workdir); return the API used
+    (statusfile.API_MOUNT or API_FSCONFIG)."""
     from agent import syscalls  # ctypes: loaded only once something is mounted
 
     if len(lowers) > KERNEL_MAX_LOWER:
         raise OSError(errno.EINVAL, f"{len(lowers)} layers exceed the kernel's "
                       f"{KERNEL_MAX_LOWER}", target)
-    api = choose_api(lowers)
+    api = choose_api(lowers, upper)
     if api == API_MOUNT:
-        syscalls.mount("overlay", target, "overlay", syscalls.MS_RDONLY, lowerdir_option(lowers))
+        flags = syscalls.MS_RDONLY if upper is None else 0
+        syscalls.mount("overlay", target, "overlay", flags, lowerdir_option(lowers, upper))
     else:
-        mount_overlay_fsconfig(lowers, target)
+        mount_overlay_fsconfig(lowers, target, upper)
     return api
 
 
-def mount_overlay_fsconfig(lowers: list[str], target: str) -> None:
+def mount_overlay_fsconfig(lowers: list[str], target: str,
+                           upper: tuple[str, str] | None = None) -> None:
     from agent import syscalls
 
     fs_fd = syscalls.fsopen("overlay")
@@ -61,9 +69,14 @@ def mount_overlay_fsconfig(lowers: list[str], target: str) -> None:
                                   target) from None
                 raise
         syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, "source", "overlay")
-        syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_FLAG, "ro")
+        if upper is None:
+            syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_FLAG, "ro")
+        else:
+            syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, "upperdir", upper[0])
+            syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, "workdir", upper[1])
         syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_CMD_CREATE)
-        mnt_fd = syscalls.fsmount(fs_fd, syscalls.FSMOUNT_CLOEXEC, syscalls.MOUNT_ATTR_RDONLY)
+        mnt_fd = syscalls.fsmount(fs_fd, syscalls.FSMOUNT_CLOEXEC,
+                                  syscalls.MOUNT_ATTR_RDONLY if upper is None else 0)
         try:
             syscalls.move_mount(mnt_fd, target)
         finally:

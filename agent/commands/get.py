@@ -11,13 +11,22 @@ import os
 import sys
 from typing import Any
 
-from agent.statusfile import ACTIVE, STATUS_PATH, BootStatus, ExtensionStatus, read_status
+from agent.statusfile import (
+    ACTIVE,
+    STATUS_PATH,
+    BootStatus,
+    ExtensionStatus,
+    read_status,
+    shadow_line,
+)
 
 NAMESPACE = "runtime"
 TYPE_SHORT = "ExtensionStatus"
 TYPE_FULL = "ExtensionStatuses.runtime.talos.dev"
 OWNER = "runtime.ExtensionStatusController"
 RESOURCE_VERSION = 1
+ROOT_TYPE = "RootStatuses.runtime.overlay-agent"   # the writable root, after the extensions
+ROOT_OWNER = "overlay-agent.boot"
 HEADER = ("NODE", "NAMESPACE", "TYPE", "ID", "VERSION", "NAME", "VERSION")
 EXTRA = ("PHASE", "REASON")   # only when some layer is not active
 PAD = 3
@@ -43,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     node = os.uname().nodename
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.output]
     sys.stdout.write(render(status, node))
-    for note in status.notes:   # problems not tied to one layer (list file, overlay)
+    for note in status.notes:   # problems not tied to one layer (list file, overlay, upper)
         print(f"overlay-agent: {note}", file=sys.stderr)
+    if status.upper is not None and status.upper.shadowed_count:
+        line = shadow_line(status.upper.shadowed_count, status.upper.shadowed)
+        print(f"overlay-agent: {line}", file=sys.stderr)
     return 0
 
 
@@ -71,6 +83,31 @@ def to_resource(ext: ExtensionStatus, node: str) -> dict[str, Any]:
     }
 
 
+def root_resource(status: BootStatus, node: str) -> dict[str, Any] | None:
+    """The writable root as one more resource (none for the read-only root, so that the
+    default output keeps talosctl's shape): mode, the upper's device, usage, fallback."""
+    up = status.upper
+    if up is None:
+        return None
+    spec: dict[str, Any] = {"mode": status.root_mode}
+    spec.update((key, list(value) if isinstance(value, tuple) else value) for key, value in (
+        ("requested", up.requested), ("source", up.source), ("dir", up.dir),
+        ("size_bytes", up.size_bytes), ("used_bytes", up.used_bytes),
+        ("fallback", up.fallback), ("repaired", up.repaired),
+        ("shadowed_count", up.shadowed_count), ("shadowed", up.shadowed)))
+    return {"node": node,
+            "metadata": {"namespace": NAMESPACE, "type": ROOT_TYPE, "id": "root",
+                         "version": RESOURCE_VERSION, "owner": ROOT_OWNER, "phase": "running",
+                         "created": status.activated, "updated": status.activated},
+            "spec": spec}
+
+
+def resources(status: BootStatus, node: str) -> list[dict[str, Any]]:
+    found = [to_resource(e, node) for e in status.extensions]
+    root = root_resource(status, node)
+    return found + ([root] if root else [])
+
+
 def render_table(status: BootStatus, node: str) -> str:
     extra = any(e.phase != ACTIVE for e in status.extensions)
     rows = [HEADER + (EXTRA if extra else ())]
@@ -83,13 +120,13 @@ def render_table(status: BootStatus, node: str) -> str:
 
 
 def render_json(status: BootStatus, node: str) -> str:
-    """One JSON object per extension, one per line."""
-    return "".join(json.dumps(to_resource(e, node), ensure_ascii=False) + "\n"
-                   for e in status.extensions)
+    """One JSON object per extension, then the writable root's; one per line."""
+    return "".join(json.dumps(res, ensure_ascii=False) + "\n" for res in resources(status, node))
 
 
 def render_yaml(status: BootStatus, node: str) -> str:
-    """One YAML document per extension, 4-space indents, block text, plain timestamps."""
+    """One YAML document per extension (then the writable root's), 4-space indents, block
+    text, plain timestamps."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
@@ -106,8 +143,7 @@ def render_yaml(status: BootStatus, node: str) -> str:
     Dumper.add_representer(str, represent_str)
     Dumper.add_representer(_Timestamp, represent_time)
     docs = []
-    for e in status.extensions:
-        res = to_resource(e, node)
+    for res in resources(status, node):
         for key in ("created", "updated"):
             if res["metadata"][key]:
                 res["metadata"][key] = _Timestamp(res["metadata"][key])

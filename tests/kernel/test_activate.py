@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent import listfile, syscalls
-from agent.boot import activate, overlay, verify
+from agent.boot import activate, overlay, upper, verify
 from agent.boot.activate import (
     ActivationSettings,
     activate_extensions,
@@ -135,6 +135,7 @@ def env(private_mounts: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     work = Path(tempfile.mkdtemp(prefix="oa", dir="/tmp"))
     lines: list[str] = []
     monkeypatch.setattr(activate, "report", lines.append)
+    monkeypatch.setattr(upper, "announce", lambda line, warning=False: None)  # not host kmsg
     e = Env(work, work / "base", work / "root", work / "images", lines)
     for d in (e.base, e.target, e.images):
         d.mkdir()

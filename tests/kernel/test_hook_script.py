@@ -14,7 +14,7 @@ SCRIPT = ROOT / "systemd" / "initramfs-tools" / "overlay-agent"
 FUNCTIONS = 'panic() { echo "PANIC: $*"; exit 9; }\n'
 
 
-def make_root(tmp: Path, agent_exit: int, listed: bool) -> Path:
+def make_root(tmp: Path, agent_exit: int, listed: bool, cmdline: str = "") -> Path:
     root = tmp / "root"
     (root / "bin").mkdir(parents=True)
     (root / "scripts").mkdir()
@@ -29,19 +29,25 @@ def make_root(tmp: Path, agent_exit: int, listed: bool) -> Path:
     shutil.copy(SCRIPT, root / "hook")
     if listed:
         (root / "extensions.yaml").write_text("{}")
+    if cmdline:
+        (root / "proc").mkdir()
+        (root / "proc" / "cmdline").write_text(cmdline + "\n")
     return root
 
 
-@pytest.mark.parametrize(("agent_exit", "listed", "code", "out"), [
-    (0, True, 0, "agent boot --root /root\n"),
-    (1, True, 9, "agent boot --root /root\nPANIC: overlay-agent: extension activation "
-                 "failed (overlay_agent.strict)\n"),
-    (1, False, 0, ""),          # nothing baked: the agent is not even started
+@pytest.mark.parametrize(("agent_exit", "listed", "cmdline", "code", "out"), [
+    (0, True, "", 0, "agent boot --root /root\n"),
+    (1, True, "", 9, "agent boot --root /root\nPANIC: overlay-agent: extension activation "
+                     "failed (overlay_agent.strict)\n"),
+    (1, False, "", 0, ""),          # nothing baked: the agent is not even started
+    (1, False, "ro quiet", 0, ""),
+    (0, False, "root=/dev/vda overlay_agent.upper=tmpfs quiet", 0,   # a writable root asked for
+     "agent boot --root /root\n"),
 ])
 def test_script_follows_the_exit_status_alone(private_mounts: None, tmp_path: Path,
-                                              agent_exit: int, listed: bool, code: int,
-                                              out: str) -> None:
-    root = make_root(tmp_path, agent_exit, listed)
+                                              agent_exit: int, listed: bool, cmdline: str,
+                                              code: int, out: str) -> None:
+    root = make_root(tmp_path, agent_exit, listed, cmdline)
     assert not (root / "bin" / "grep").exists()
     chroot = shutil.which("chroot", path="/usr/sbin:/sbin:/usr/bin:/bin")
     assert chroot is not None

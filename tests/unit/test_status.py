@@ -12,7 +12,7 @@ import yaml
 
 from agent import lightjson
 from agent.boot.activate import ActivationSettings, settings_from_params
-from agent.boot.cmdline import scan_cmdline
+from agent.boot.cmdline import DEFAULT_ROOT_WAIT, RootKind, RootSpec, UpperSpec, scan_cmdline
 from agent.cli import main
 from agent.commands.get import render_json, render_table, render_yaml
 from agent.errors import StatusError
@@ -22,11 +22,15 @@ from agent.statusfile import (
     API_FSCONFIG,
     API_MOUNT,
     FAILED,
+    ROOT_PERSISTENT,
+    ROOT_VOLATILE,
     BootStatus,
     ExtensionStatus,
+    UpperStatus,
     boot_doc,
     extension_doc,
     read_status,
+    upper_doc,
     write_json_atomic,
 )
 
@@ -43,7 +47,12 @@ def status_to_dict(status: BootStatus) -> dict[str, Any]:
             for e in status.extensions],
         root=status.root, overlay=status.overlay, notes=list(status.notes),
         disabled=status.disabled, strict=status.strict, list_path=status.list_path,
-        activated=status.activated, duration_ms=status.duration_ms)
+        activated=status.activated, duration_ms=status.duration_ms, root_mode=status.root_mode,
+        upper=None if status.upper is None else upper_doc(
+            requested=status.upper.requested, source=status.upper.source, dir=status.upper.dir,
+            size_bytes=status.upper.size_bytes, used_bytes=status.upper.used_bytes,
+            fallback=status.upper.fallback, repaired=status.upper.repaired,
+            shadowed_count=status.upper.shadowed_count, shadowed=list(status.upper.shadowed)))
 
 
 def write_status(path: str, status: BootStatus) -> None:
@@ -211,6 +220,13 @@ def test_get_prints_from_the_status_file(tmp_path: Path, capsys: pytest.CaptureF
     ("root=ZFS=rpool/root overlay_agent.skip=a", ActivationSettings(skip=frozenset({"a"}))),
     ("overlay_agent.strict=maybe overlay_agent.disable=0", ActivationSettings(
         problem="overlay_agent.strict=maybe: not a yes/no value")),
+    ("overlay_agent.upper=tmpfs:1g rootdelay=4", ActivationSettings(
+        upper=UpperSpec(size="1g"), upper_wait=4.0)),
+    ("overlay_agent.upper=LABEL=u:/x rootwait", ActivationSettings(     # never forever
+        upper=UpperSpec(RootSpec(RootKind.LABEL, "u"), "/x"), upper_wait=DEFAULT_ROOT_WAIT)),
+    ("overlay_agent.upper=sdb", ActivationSettings(
+        problem="overlay_agent.upper=sdb: unknown syntax (expected /dev/NAME, UUID=, LABEL=, "
+                "PARTUUID= or PARTLABEL=)")),
 ])
 def test_settings_from_the_one_cmdline_parser(cmdline: str,
                                               expected: ActivationSettings) -> None:
@@ -258,3 +274,95 @@ def test_get_prints_boot_notes_on_stderr(tmp_path: Path,
     assert main(["get", "extensions", "-o", "json", "--status", str(path)]) == 0
     out, err = capsys.readouterr()
     assert (out, err) == ("", f"overlay-agent: {note}\n")
+
+
+FELL_BACK = ("overlay_agent.upper=LABEL=data: device did not appear within 30 s; a tmpfs upper "
+             "serves instead")
+WRITABLE = BootStatus(
+    extensions=(GVISOR,), root="/sysroot", overlay=API_MOUNT, notes=(FELL_BACK,),
+    activated=STAMP, root_mode=ROOT_VOLATILE,
+    upper=UpperStatus(requested="LABEL=data", source="tmpfs", size_bytes=1 << 30,
+                      used_bytes=4096, fallback=FELL_BACK))
+SHADOWED = BootStatus(
+    root="/sysroot", overlay=API_MOUNT, root_mode=ROOT_PERSISTENT,
+    upper=UpperStatus(requested="/dev/vdb:/u", source="/dev/vdb", dir="/u",
+                      size_bytes=1 << 30, used_bytes=1 << 20, repaired="work: emptied",
+                      shadowed_count=7, shadowed=("/usr/bin/a", "/usr/bin/b")))
+
+ROOT_YAML = """\
+node: n1
+metadata:
+    namespace: runtime
+    type: RootStatuses.runtime.overlay-agent
+    id: root
+    version: 1
+    owner: overlay-agent.boot
+    phase: running
+    created: 2022-02-10T18:25:04Z
+    updated: 2022-02-10T18:25:04Z
+spec:
+    mode: volatile
+    requested: LABEL=data
+    source: tmpfs
+    dir: ''
+    size_bytes: 1073741824
+    used_bytes: 4096
+    fallback: 'overlay_agent.upper=LABEL=data: device did not appear within 30 s;
+        a tmpfs upper serves instead'
+    repaired: ''
+    shadowed_count: 0
+    shadowed: []
+"""
+
+
+def test_writable_root_round_trips_and_an_old_file_reads_as_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    for status in (WRITABLE, SHADOWED):
+        write_status(str(path), status)
+        assert read_status(str(path)) == status
+    doc = status_to_dict(ALL_ACTIVE)
+    del doc["root_mode"], doc["upper"]           # written by an agent before writable roots
+    path.write_text(json.dumps(doc))
+    assert read_status(str(path)) == ALL_ACTIVE
+
+
+def test_yaml_and_json_add_the_writable_root_after_the_extensions() -> None:
+    docs = render_yaml(WRITABLE, "n1").split("---\n")
+    assert len(docs) == 2 and docs[1] == ROOT_YAML
+    objects = [json.loads(line) for line in render_json(WRITABLE, "n1").splitlines()]
+    assert [o["metadata"]["id"] for o in objects] == [GVISOR.id, "root"]
+    assert objects[1]["spec"] == {**yaml.safe_load(ROOT_YAML)["spec"]}
+    assert render_json(ALL_ACTIVE, "n1").count("\n") == 1     # read-only: talosctl's shape
+
+
+@pytest.mark.parametrize(("status", "err"), [
+    (WRITABLE, f"overlay-agent: {FELL_BACK}\n"),
+    (SHADOWED, "overlay-agent: 7 file(s) in the upper hide files the extensions ship: "
+               "/usr/bin/a, /usr/bin/b, ...\n"),
+])
+def test_table_says_fallback_and_shadows_on_stderr(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   status: BootStatus, err: str) -> None:
+    path = tmp_path / "status.json"
+    write_status(str(path), status)
+    assert main(["get", "extensions", "--status", str(path)]) == 0
+    out, got = capsys.readouterr()
+    assert got == err
+    assert out == render_table(with_live_phases(status), os.uname().nodename)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"root_mode": "rw"}, "F: unknown root_mode 'rw'"),
+    ({"upper": []}, "F: upper: not an object"),
+    ({"upper": {"requested": 1, "source": "tmpfs", "dir": "", "fallback": "", "repaired": "",
+                "size_bytes": "1", "used_bytes": 0, "shadowed_count": 0, "shadowed": [3]}},
+     "F: upper: requested is not a string; F: upper: size_bytes is not an integer; "
+     "F: upper: shadowed is not a list of strings"),
+])
+def test_bad_upper_records_name_every_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              changes: dict[str, Any], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("F").write_text(json.dumps({**status_to_dict(ALL_ACTIVE), **changes}))
+    with pytest.raises(StatusError) as exc:
+        read_status("F")
+    assert str(exc.value) == message

@@ -127,13 +127,36 @@ def demo_root_key(extra_init: str) -> str:
     return inputs_key(extra_init, sys.version, file_digest(busybox))
 
 
+def checks_root(kind: str, scenarios: Mapping[str, Sequence[Check]]) -> Path:
+    """The demo root whose /sbin/init runs `scenarios`' checks (cached, kernel-independent)."""
+    from devtools.demo import build_demo_root
+
+    extra_init = render_checks(scenarios)
+    out = CACHE / f"{kind}-root-{demo_root_key(extra_init)}.sqsh"
+    if not out.exists():
+        build_demo_root(out, extra_init=extra_init)
+        prune(CACHE, f"{kind}-root-*.sqsh", keep=2)
+    return out
+
+
+def suite_kernel(suite: str) -> Kernel:
+    """The cached stock kernel of `suite` (SourceError says what is missing)."""
+    from agent.kernels import load_kernel
+
+    return load_kernel(CACHE.parent / "kernels", suite)
+
+
 # ---------------------------------------------------------------- guest side
 
 # Reads `get extensions -o json` lines; prints the fields the checks compare, one line each.
 FIELDS_PY = """import json, sys
 for line in sys.stdin:
+    if not line.startswith("{"):
+        continue    # a boot note (stderr shares the file)
     d = json.loads(line)
     m, s = d["metadata"], d["spec"]
+    if m["type"] != "ExtensionStatuses.runtime.talos.dev":
+        continue    # the writable root's resource
     row = [m["id"], m["phase"], m["namespace"], m["type"], m["version"], m["owner"],
            d["node"], s["image"], s["metadata"]["name"], s["metadata"]["version"], "|",
            s.get("reason", "")]

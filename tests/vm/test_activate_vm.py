@@ -24,20 +24,19 @@ from extensions import (
     Verdicts,
     append_archive,
     bake,
-    demo_root_key,
+    checks_root,
     flip_bytes,
     listing_checks,
     module_files,
     read_verdicts,
-    render_checks,
+    suite_kernel,
 )
 from test_boot import assert_fatal
 
 from agent import cpio
-from agent.errors import SourceError
-from agent.kernels import Kernel, load_kernel
-from devtools.demo import CLI_WRAPPER, DONE_MARKER, MARKER, build_demo_root
-from devtools.images import BOOT_TIMEOUT, BUSYBOX, CACHE, initramfs, prune
+from agent.kernels import Kernel
+from devtools.demo import CLI_WRAPPER, DONE_MARKER, MARKER
+from devtools.images import BOOT_TIMEOUT, BUSYBOX, initramfs
 from devtools.qemu import TOKEN_KEY, BootResult, boot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,21 +149,13 @@ class Images:
 @pytest.fixture(scope="session")
 def scenario_root() -> Path:
     """The demo root with every scenario's checks in its /sbin/init (kernel-independent)."""
-    extra_init = render_checks(SCENARIOS)
-    out = CACHE / f"activate-root-{demo_root_key(extra_init)}.sqsh"
-    if not out.exists():
-        build_demo_root(out, extra_init=extra_init)
-        prune(CACHE, "activate-root-*.sqsh", keep=2)
-    return out
+    return checks_root("activate", SCENARIOS)
 
 
 @pytest.fixture(scope="session", params=SUITES)
 def images(request: pytest.FixtureRequest, scenario_root: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Images:
-    try:
-        kernel = load_kernel(ROOT / ".cache" / "kernels", request.param)
-    except SourceError as exc:
-        pytest.fail(str(exc))
+    kernel = suite_kernel(request.param)
     work = tmp_path_factory.mktemp(f"activate-{kernel.suite}")
     three = [HELLO, FIRMWARE, ExtensionSpec("zram-module", module_files(kernel, MODULE))]
     agent_initrd = initramfs(kernel, scenario_root)

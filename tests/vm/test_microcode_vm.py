@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from images import Machine
-from qemu import BootResult
 from test_boot import assert_booted as booted
 
+from devtools.images import Machine
+from devtools.qemu import BootResult
 from tests.kernel.microcode_debs import debian_early, fetch_microcode, siderolabs_extensions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,11 @@ from agent.boot.cmdline import (
     BootParams,
     RootKind,
     RootSpec,
+    UpperSpec,
     parse_cmdline,
     parse_root,
+    parse_upper,
+    scan_cmdline,
     split_cmdline,
 )
 from agent.errors import BootError
@@ -120,3 +123,57 @@ def test_rejects(text: str, message: str) -> None:
 def test_later_key_wins() -> None:
     assert parse_cmdline("init=/a init=/b panic=3 panic=5").init == "/b"
     assert parse_cmdline("panic=3 panic=5").panic == 5
+
+
+@pytest.mark.parametrize(("value", "expected", "text"), [
+    ("tmpfs", UpperSpec(), "tmpfs"),
+    ("tmpfs:512m", UpperSpec(size="512m"), "tmpfs:512m"),
+    ("tmpfs:25%", UpperSpec(size="25%"), "tmpfs:25%"),
+    ("tmpfs:1048576", UpperSpec(size="1048576"), "tmpfs:1048576"),
+    ("/dev/vdb", UpperSpec(RootSpec(RootKind.PATH, "/dev/vdb")), "/dev/vdb"),
+    ("LABEL=data:/overlay//root/", UpperSpec(RootSpec(RootKind.LABEL, "data"), "/overlay/root"),
+     "LABEL=data:/overlay/root"),
+    ("LABEL=a:b", UpperSpec(RootSpec(RootKind.LABEL, "a:b")), "LABEL=a:b"),   # a colon in a name
+    ("UUID=ABCD-01:/", UpperSpec(RootSpec(RootKind.UUID, "abcd-01")), "UUID=abcd-01"),
+    ("PARTLABEL=upper:/x", UpperSpec(RootSpec(RootKind.PARTLABEL, "upper"), "/x"),
+     "PARTLABEL=upper:/x"),
+    ("/dev/disk/by-partuuid/1234abcd-02", UpperSpec(RootSpec(RootKind.PARTUUID, "1234abcd-02")),
+     "PARTUUID=1234abcd-02"),
+])
+def test_parse_upper(value: str, expected: UpperSpec, text: str) -> None:
+    assert parse_upper(value) == expected
+    assert str(expected) == text
+
+
+SIZE_RULE = "size must be a number with an optional k, m, g or % (as tmpfs's size=)"
+FOLDER_RULE = "the folder must be an absolute path without '.', '..', ',', ':' or '\\'"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("overlay_agent.upper=tmpfs:", f"overlay_agent.upper=tmpfs:: {SIZE_RULE}"),
+    ("overlay_agent.upper=tmpfs:1t", f"overlay_agent.upper=tmpfs:1t: {SIZE_RULE}"),
+    ("overlay_agent.upper=tmpfs:-1m", f"overlay_agent.upper=tmpfs:-1m: {SIZE_RULE}"),
+    ("overlay_agent.upper=tmpfs:\u0661", f"overlay_agent.upper=tmpfs:\u0661: {SIZE_RULE}"),
+    ("overlay_agent.upper=sdb1", "overlay_agent.upper=sdb1: unknown syntax "
+                                 "(expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
+    ("overlay_agent.upper=UUID=:/x", "overlay_agent.upper=UUID=: empty UUID"),
+    ("overlay_agent.upper=UUID=zz", "overlay_agent.upper=UUID=zz: UUID must be hexadecimal "
+                                    "digits and dashes"),
+    ("overlay_agent.upper=/dev/vdb:/a/../b", f"overlay_agent.upper=/dev/vdb:/a/../b: {FOLDER_RULE}"),
+    ("overlay_agent.upper=/dev/vdb:/a,b", f"overlay_agent.upper=/dev/vdb:/a,b: {FOLDER_RULE}"),
+    ("overlay_agent.upper=LABEL=x:/a:b", f"overlay_agent.upper=LABEL=x:/a:b: {FOLDER_RULE}"),
+    ("overlay_agent.upper", "overlay_agent.upper: needs a value (tmpfs[:SIZE] or DEVICE[:/DIR])"),
+])
+def test_upper_rejects(text: str, message: str) -> None:
+    params = scan_cmdline(f"root=/dev/vda {text} overlay_agent.skip=a")
+    assert params.problems == (message,)
+    assert params.own_problems == (message,)    # hook mode acts on it: nothing activates
+    assert params.upper is None and params.skip == frozenset({"a"})
+    with pytest.raises(BootError, match=r"^kernel command line: overlay_agent\.upper"):
+        parse_cmdline(text)
+
+
+def test_upper_default_is_the_read_only_root_and_later_key_wins() -> None:
+    assert parse_cmdline("root=/dev/vda rw").upper is None
+    assert parse_cmdline("overlay_agent.upper=/dev/vdb overlay_agent.upper=tmpfs").upper == \
+        UpperSpec()
