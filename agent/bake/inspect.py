@@ -16,6 +16,7 @@ from typing import Any
 from agent import listfile
 from agent.bake.segments import Segment, merged_members, split_segments
 from agent.errors import SourceError
+from agent.escape import escape
 
 
 class ImageState(enum.Enum):
@@ -101,6 +102,7 @@ def report_dict(report: InitramfsReport) -> dict[str, Any]:
 
 
 def format_table(rows: list[list[str]]) -> str:
+    rows = [[escape(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                      .rstrip() for row in rows) + "\n"
@@ -110,7 +112,7 @@ def render_table(report: InitramfsReport) -> str:
     seg_rows = [["SEGMENT", "OFFSET", "LENGTH", "FORMAT", "UNPACKED", "MEMBERS"]]
     seg_rows += [[str(s.index), str(s.offset), str(s.length), s.format.value,
                   str(s.unpacked_size), str(len(s.entries))] for s in report.segments]
-    out = f"{report.path}: {report.size} bytes, {len(report.segments)} segment(s)\n"
+    out = f"{escape(report.path)}: {report.size} bytes, {len(report.segments)} segment(s)\n"
     out += format_table(seg_rows)
     if not report.has_list:
         return out + f"\nno {listfile.LIST_PATH}: no extensions baked in\n"

@@ -11,6 +11,7 @@ import os
 import sys
 
 from agent.errors import BootError, UsageError
+from agent.escape import escape
 from agent.listfile import IMAGES_DIR, LIST_PATH
 from agent.statusfile import STATUS_PATH
 
@@ -57,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # never brick: exit 1 (the script's panic) only under strict
         if settings.strict:
             raise BootError(describe(exc)) from None
-        print(f"overlay-agent: {describe(exc)}; booting the bare root", file=sys.stderr)
+        print(f"overlay-agent: {escape(describe(exc))}; booting the bare root", file=sys.stderr)
     return 0

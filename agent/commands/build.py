@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import UsageError
+from agent.escape import escape
 
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -64,13 +65,13 @@ def run_build(args: argparse.Namespace) -> int:
         compression=Compression(args.compression), max_size=args.max_size,
         kernel_release=args.kernel_release, insecure_registries=tuple(args.insecure_registry),
         policy=args.policy, epoch=source_date_epoch(), jobs=args.jobs)
-    progress = (lambda line: print(line, file=sys.stderr, flush=True)) \
+    progress = (lambda line: print(escape(line), file=sys.stderr, flush=True)) \
         if sys.stderr.isatty() else None
     result = build_initramfs(request, progress)
-    print(f"{result.output}: {result.output_size} bytes ({result.input_size} input + "
+    print(f"{escape(str(result.output))}: {result.output_size} bytes ({result.input_size} input + "
           f"{result.output_size - result.input_size} extensions), "
           f"{len(result.layers)} layer(s)")
     for layer in result.layers:
-        print(f"  {layer.image}  {layer.metadata.name} {layer.metadata.version}  "
+        print(f"  {layer.image}  {escape(layer.metadata.name)} {escape(layer.metadata.version)}  "
               f"{layer.size} bytes  sha256:{layer.sha256}")
     return 0

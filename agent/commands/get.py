@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from agent.escape import escape
 from agent.statusfile import ACTIVE, STATUS_PATH, BootStatus, ExtensionStatus, read_status
 
 NAMESPACE = "runtime"
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.output]
     sys.stdout.write(render(status, node))
     for note in status.notes:   # problems not tied to one layer (list file, overlay)
-        print(f"overlay-agent: {note}", file=sys.stderr)
+        print(f"overlay-agent: {escape(note)}", file=sys.stderr)
     return 0
 
 
@@ -71,7 +72,9 @@ def render_table(status: BootStatus, node: str) -> str:
     rows = [HEADER + (EXTRA if extra else ())]
     for e in status.extensions:
         row = (node, NAMESPACE, TYPE_SHORT, e.id, str(RESOURCE_VERSION), e.name, e.version)
-        rows.append(row + ((e.phase, e.reason) if extra else ()))
+        # escaped: a newline in a name or version must not forge a row (the journal logs it)
+        rows.append(tuple(escape(cell) for cell in row + ((e.phase, e.reason) if extra
+                                                          else ())))
     widths = [max(len(r[c]) for r in rows) + PAD for c in range(len(rows[0]) - 1)]
     return "".join(("".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False))
                     + r[-1]).rstrip() + "\n" for r in rows)
