@@ -33,3 +33,9 @@ def escape(text: str) -> str:
         return text
     return "".join(ch if ch.isprintable() else escape_char(ch) for ch in text)
 
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """At most `limit` characters of `text`, with `...` where it was cut (for quoting an
+    input inside a one-line message)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -21,6 +21,7 @@ from agent.boot import overlay
 from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
 from agent.boot.workers import share_out
 from agent.errors import BootError, ListFileError
+from agent.files import read_regular
 from agent.listfile import Layer, Metadata
 from agent.values import Value
 
@@ -110,6 +111,7 @@ class Activation:
         self.stamp = statusfile.utc_now()
         self.cands: list[Candidate] = []
         self.busy = 0.0     # seconds spent in the two halves (not the wait between them)
+        self.list_data = b""  # the list file's bytes, as read once
 
     def record(self, index: int, entry: Layer, phase: str, reason: str = "") -> None:
         meta = entry.metadata
@@ -146,14 +148,16 @@ def load_entries(run: Activation) -> tuple[Layer, ...]:
         run.note(f"kernel command line: {run.settings.problem}; no extension activated")
         return ()
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # never a fifo, a device or a symlink; a bounded read (agent.files)
+        run.list_data = read_regular(path, listfile.MAX_LIST_BYTES)
     except FileNotFoundError:
         return ()
     except OSError as exc:
         run.note(f"{path}: cannot read: {exc.strerror}; no extension activated")
         return ()
+    text = ""
     try:
+        text = listfile.decode_list(run.list_data, path)
         return listfile.read_list(text, path)
     except ListFileError as exc:
         reason = str(exc)
@@ -168,21 +172,29 @@ def load_entries(run: Activation) -> tuple[Layer, ...]:
 
 
 def salvage_entries(text: str) -> list[Layer]:
-    """Best effort for a list we cannot use: its layers by image, to record them as skipped."""
+    """Best effort for a list we cannot use: its layers by image, to record them as skipped.
+    Only plain, bounded strings are taken (the status must not carry what the list refused)."""
     try:
-        doc = listfile.load_document(text, "")
+        doc = listfile.load_document(text, "") if text else None
     except (ListFileError, ImportError):
         return []
     raws = doc.get("layers") if isinstance(doc, dict) else None
     found = []
-    for raw in raws if isinstance(raws, list) else []:
-        if isinstance(raw, dict) and isinstance(raw.get("image"), str):
+    for raw in raws[:listfile.MAX_LIST_LAYERS] if isinstance(raws, list) else []:
+        image = raw.get("image") if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and isinstance(image, str) and not listfile.check_image_name(image):
             meta = raw.get("metadata")
             meta = meta if isinstance(meta, dict) else {}
-            found.append(Layer(raw["image"], Metadata(str(meta.get("name") or raw["image"]),
-                                                      str(meta.get("version") or "")),
-                               kind=str(raw.get("kind", ""))))
+            name, version, kind = (_short(meta.get("name")) or image,
+                                   _short(meta.get("version")), _short(raw.get("kind")))
+            found.append(Layer(image, Metadata(name, version), kind=kind))
     return found
+
+
+def _short(value: object) -> str:
+    """A salvaged string: kept when it is one, printable and short."""
+    ok = isinstance(value, str) and len(value) <= 256 and value.isprintable()
+    return value if ok else ""  # type: ignore[return-value]
 
 
 def skip_reason(entry: Layer, settings: ActivationSettings) -> str:
@@ -246,9 +258,9 @@ def mount_list_layer(run: Activation, staging: str) -> str | None:
         return None
     try:
         os.mkdir(os.path.join(staging, "etc"), 0o755)
-        with open(run.settings.list_path, "rb") as src, open(
-                os.path.join(staging, listfile.BOUND_LIST_PATH.lstrip("/")), "xb") as dst:
-            dst.write(src.read())
+        # the bytes read and checked at the start, not whatever the path holds now
+        with open(os.path.join(staging, listfile.BOUND_LIST_PATH.lstrip("/")), "xb") as dst:
+            dst.write(run.list_data)
     except OSError as exc:
         unmount_staging([(-1, staging)])
         run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: {exc.strerror}")
