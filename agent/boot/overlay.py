@@ -31,8 +31,13 @@ def choose_api(lowers: list[str]) -> str:
 
 
 def mount_overlay(lowers: list[str], target: str) -> str:
-    """Mount `lowers` (topmost first, as overlayfs reads them) read-only at `target`;
-    return the API used (statusfile.API_MOUNT or API_FSCONFIG)."""
+    """Mount `lowers` (topmost first, as overlayfs reads them) read-only and nodev at
+    `target`; return the API used (statusfile.API_MOUNT or API_FSCONFIG).
+
+    nodev: a device node an extension ships must not open through the new root (the
+    squashfs staging mounts are nodev, but opening goes by the overlay's own mount). The
+    running system's /dev is the devtmpfs moved in from the initramfs, a mount of its own,
+    so nodev on / takes nothing from it (systemd-sysext mounts its overlay nodev too)."""
     from agent import syscalls  # ctypes: loaded only once something is mounted
 
     if len(lowers) > KERNEL_MAX_LOWER:
@@ -40,7 +45,8 @@ def mount_overlay(lowers: list[str], target: str) -> str:
                       f"{KERNEL_MAX_LOWER}", target)
     api = choose_api(lowers)
     if api == API_MOUNT:
-        syscalls.mount("overlay", target, "overlay", syscalls.MS_RDONLY, lowerdir_option(lowers))
+        syscalls.mount("overlay", target, "overlay", syscalls.MS_RDONLY | syscalls.MS_NODEV,
+                       lowerdir_option(lowers))
     else:
         mount_overlay_fsconfig(lowers, target)
     return api
@@ -63,7 +69,8 @@ def mount_overlay_fsconfig(lowers: list[str], target: str) -> None:
         syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, "source", "overlay")
         syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_FLAG, "ro")
         syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_CMD_CREATE)
-        mnt_fd = syscalls.fsmount(fs_fd, syscalls.FSMOUNT_CLOEXEC, syscalls.MOUNT_ATTR_RDONLY)
+        mnt_fd = syscalls.fsmount(fs_fd, syscalls.FSMOUNT_CLOEXEC,
+                                  syscalls.MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NODEV)
         try:
             syscalls.move_mount(mnt_fd, target)
         finally:
