@@ -19,12 +19,13 @@ COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
 
 
 class ModulesReport(Value):
-    __slots__ = ("already", "loaded")
+    __slots__ = ("already", "failed", "loaded")
     loaded: int
     already: int
+    failed: tuple[str, ...]   # one line per module that could not be loaded
 
-    def __init__(self, loaded: int, already: int) -> None:
-        self._set(loaded=loaded, already=already)
+    def __init__(self, loaded: int, already: int, failed: tuple[str, ...] = ()) -> None:
+        self._set(loaded=loaded, already=already, failed=tuple(failed))
 
 
 def read_module_list(path: str = MODULES_LOAD) -> list[str]:
@@ -58,10 +59,17 @@ def load_module(path: str) -> bool:
 
 
 def load_modules(list_path: str = MODULES_LOAD) -> ModulesReport:
+    """Load every listed module; one that is missing or refused is reported, not fatal:
+    the root may not need it (a missing loop module costs the extensions, recorded each),
+    and when it does, mounting the root fails with its own line."""
     loaded = already = 0
+    failed = []
     for path in read_module_list(list_path):
-        if load_module(path):
-            loaded += 1
-        else:
-            already += 1
-    return ModulesReport(loaded, already)
+        try:
+            if load_module(path):
+                loaded += 1
+            else:
+                already += 1
+        except BootError as exc:
+            failed.append(str(exc))
+    return ModulesReport(loaded, already, tuple(failed))

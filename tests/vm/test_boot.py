@@ -7,6 +7,8 @@ import re
 from images import EXT4_UUID, GPT_ROOT_LABEL, Machine, gpt_disk
 from qemu import BootResult
 
+from agent.bake.segments import merged_members, split_segments
+
 HANDED_OVER = re.compile(r"ROOT-INIT pid=1 root=ro api= /dev /proc /sys /run args=(.*) "
                          r"token=(\w+)")
 SUMMARY = re.compile(r"overlay-agent: exec /sbin/init \(uptime \d+\.\d\d s; agent loaded "
@@ -76,12 +78,19 @@ def test_e_init_missing(machine: Machine) -> None:
     assert_fatal(result, "init=/nonexistent: not found in the new root")
 
 
-def test_f_missing_module_file(machine: Machine) -> None:
-    initrd = machine.initrd_overriding(
-        "f", {"/etc/overlay-agent/modules.load": b"/lib/modules/none/gone.ko\n"}, with_root=True)
-    result = machine.boot("f", "panic=-1", with_root=True, initrd=initrd)
-    assert_fatal(result, "kernel module /lib/modules/none/gone.ko: No such file or directory",
-                 panic=-1)
+def test_f_missing_and_failing_modules_still_boot(machine: Machine, token: str) -> None:
+    """A module missing, or refused by the kernel, is one line each: the root needs neither."""
+    members = merged_members(split_segments(machine.initrd_with_root.read_bytes(), "initrd"))
+    listing = members["etc/overlay-agent/modules.load"].content()
+    initrd = machine.initrd_overriding("f", {
+        "/etc/overlay-agent/modules.load":
+            listing + b"/lib/modules/none/gone.ko\n/lib/modules/bad.ko\n",
+        "/lib/modules/bad.ko": b"not an ELF module\n"}, with_root=True)
+    result = machine.boot("f", "panic=-1", with_root=True, initrd=initrd, token=token)
+    assert_booted(result, token, "root /rootfs.sqsh (squashfs) mounted read-only")
+    assert ("overlay-agent: kernel module /lib/modules/none/gone.ko: No such file or "
+            "directory") in result.output
+    assert "overlay-agent: kernel module /lib/modules/bad.ko: Exec format error" in result.output
 
 
 def test_g_garbage_root_image(machine: Machine) -> None:
