@@ -19,6 +19,7 @@ from agent.tools import run
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 _HEADER_LEN = 110
+_HEX = b"0123456789abcdefABCDEF"
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ def read(blob: bytes, offset: int = 0) -> tuple[list[Entry], int]:
         head = blob[pos:pos + _HEADER_LEN]
         if len(head) < _HEADER_LEN or head[:6] not in (MAGIC, b"070702"):
             raise BuildError(f"cpio: no newc header at offset {pos}")
+        if head[6:].translate(None, _HEX):   # int() would take " 1", "+1", "1_0"
+            raise BuildError(f"cpio: header at offset {pos} has a field that is not "
+                             "8 hex digits")
         f = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
         mode, uid, gid, mtime, size, rmaj, rmin, namesize = (f[1], f[2], f[3], f[5], f[6],
                                                              f[9], f[10], f[11])
