@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import mmap
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import listfile
+from agent import cpio, listfile
 from agent.bake.segments import Segment, merged_members, split_segments
 from agent.errors import SourceError
 from agent.escape import escape
+from agent.files import open_regular
 
 
 class ImageState(enum.Enum):
@@ -48,39 +51,78 @@ class InitramfsReport:
         return all(r.state in (ImageState.OK, ImageState.UNCHECKED) for r in self.layers)
 
 
-def check_image(index: int, layer: listfile.Layer, data: bytes | None) -> LayerReport:
-    if data is None:
+def check_image(index: int, layer: listfile.Layer, entry: cpio.Entry | None) -> LayerReport:
+    """An image member against its list entry (its bytes were hashed as they streamed by)."""
+    if entry is None or not stat.S_ISREG(entry.mode):
         return LayerReport(index, layer, -1, "", ImageState.MISSING)
-    digest = hashlib.sha256(data).hexdigest()
+    data = entry.content()
+    size = entry.size if entry.size >= 0 else len(data)
+    digest = entry.sha256 or hashlib.sha256(data).hexdigest()
     if not layer.sha256:
-        state = ImageState.UNCHECKED if layer.size in (-1, len(data)) else ImageState.MISMATCH
-    elif layer.sha256 == digest and layer.size in (-1, len(data)):
+        state = ImageState.UNCHECKED if layer.size in (-1, size) else ImageState.MISMATCH
+    elif layer.sha256 == digest and layer.size in (-1, size):
         state = ImageState.OK
     else:
         state = ImageState.MISMATCH
-    return LayerReport(index, layer, len(data), digest, state)
+    return LayerReport(index, layer, size, digest, state)
+
+
+def keep_list_and_links() -> cpio.Keep:
+    """Hold the bytes of symlinks and of would-be list files only (a few MiB in all): every
+    other member is hashed as it streams by, whatever an archive unpacks to."""
+    budget = [4 * listfile.MAX_LIST_BYTES]
+    name = listfile.LIST_PATH.rsplit("/", 1)[-1]
+
+    def keep(member: str, mode: int, size: int) -> bool:
+        wanted = (stat.S_ISLNK(mode) and size <= MAX_LINK) or (
+            stat.S_ISREG(mode) and member.endswith(name) and size <= listfile.MAX_LIST_BYTES)
+        if wanted and size <= budget[0]:
+            budget[0] -= size
+            return True
+        return False
+
+    return keep
+
+
+MAX_LINK = 4096   # PATH_MAX: a longer symlink target is no path
+
+
+def map_input(path: Path) -> tuple[mmap.mmap | bytes, int]:
+    """The initramfs mapped read-only (its pages are the page cache's, not ours): a regular
+    file only, never a fifo to block on."""
+    try:
+        fd, size = open_regular(str(path), follow=True)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return (mmap.mmap(fd, 0, prot=mmap.PROT_READ) if size else b""), size
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def inspect_initramfs(path: Path) -> InitramfsReport:
     """Read every segment of `path` and check the baked extensions against the list."""
+    blob, size = map_input(path)
     try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
-    segments = split_segments(blob, str(path))
+        segments = split_segments(blob, str(path), keep_list_and_links())
+    finally:
+        if isinstance(blob, mmap.mmap):
+            blob.close()
     tree = merged_members(segments)
     listed = tree.get(listfile.LIST_PATH.strip("/"))
     if listed is None or not stat.S_ISREG(listed.mode):
-        return InitramfsReport(str(path), len(blob), tuple(segments), False, ())
+        return InitramfsReport(str(path), size, tuple(segments), False, ())
     where = f"{path}: {listfile.LIST_PATH}"
-    layers = listfile.read_list(listed.content().decode(errors="replace"), where)
+    if listed.sha256:   # declined by keep: too large, or over the budget
+        raise SourceError(f"{where}: {listed.size} bytes, over the limit of "
+                          f"{listfile.MAX_LIST_BYTES}")
+    layers = listfile.read_list(listfile.decode_list(listed.content(), where), where)
     images = listfile.IMAGES_DIR.strip("/")
-    reports = []
-    for i, layer in enumerate(layers):
-        entry = tree.get(f"{images}/{layer.image}")
-        data = entry.content() if entry is not None and stat.S_ISREG(entry.mode) else None
-        reports.append(check_image(i, layer, data))
-    return InitramfsReport(str(path), len(blob), tuple(segments), True, tuple(reports))
+    reports = [check_image(i, layer, tree.get(f"{images}/{layer.image}"))
+               for i, layer in enumerate(layers)]
+    return InitramfsReport(str(path), size, tuple(segments), True, tuple(reports))
 
 
 def report_dict(report: InitramfsReport) -> dict[str, Any]:

@@ -293,15 +293,16 @@ def unpack_member(state: LayerState, tf: tarfile.TarFile, member: tarfile.TarInf
 
 
 class ZstdStream:
-    """The decompressed bytes of a zstd stream, through `zstd -d`; a thread feeds it `raw`
-    (which may be a member of an archive, without a file descriptor of its own)."""
+    """The decompressed bytes of a zstd (or, with `tool`, lz4) stream, through the tool; a
+    thread feeds it `raw` (which may be a member of an archive, without a file descriptor
+    of its own). Memory stays bounded: the reader takes what it needs, chunk by chunk."""
 
-    def __init__(self, raw: IO[bytes], label: str) -> None:
-        self.label = label
+    def __init__(self, raw: IO[bytes], label: str, tool: str = "zstd") -> None:
+        self.label, self.tool = label, tool
         try:
-            self.proc = start(["zstd", "-d", "-c", "-q"])
+            self.proc = start([tool, "-d", "-c", "-q"])
         except ToolError as exc:
-            raise UnpackError(f"{label}: zstd-compressed layer: {exc}") from None
+            raise UnpackError(f"{label}: {tool}-compressed data: {exc}") from None
         self.feeder = threading.Thread(target=self.feed, args=(raw,), daemon=True)
         self.feeder.start()
 
@@ -327,7 +328,7 @@ class ZstdStream:
             lines = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
             why = (lines[-1].removeprefix("zstd: ").removeprefix("/*stdin*\\ : ").strip()
                    if lines else f"exit status {self.proc.returncode}")
-            raise UnpackError(f"{self.label}: not a valid zstd stream: {why}")
+            raise UnpackError(f"{self.label}: not a valid {self.tool} stream: {why}")
         return data
 
     def close(self) -> None:
