@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import cpio, listfile
-from agent.bake.segments import Segment, merged_members, split_segments
+from agent.bake.segments import Segment, keep_links, merged_members, split_segments
 from agent.errors import SourceError
 from agent.escape import escape
 from agent.files import open_regular
@@ -74,7 +74,7 @@ def keep_list_and_links() -> cpio.Keep:
     name = listfile.LIST_PATH.rsplit("/", 1)[-1]
 
     def keep(member: str, mode: int, size: int) -> bool:
-        wanted = (stat.S_ISLNK(mode) and size <= MAX_LINK) or (
+        wanted = keep_links(member, mode, size) or (
             stat.S_ISREG(mode) and member.endswith(name) and size <= listfile.MAX_LIST_BYTES)
         if wanted and size <= budget[0]:
             budget[0] -= size
@@ -82,9 +82,6 @@ def keep_list_and_links() -> cpio.Keep:
         return False
 
     return keep
-
-
-MAX_LINK = 4096   # PATH_MAX: a longer symlink target is no path
 
 
 def map_input(path: Path) -> tuple[mmap.mmap | bytes, int]:

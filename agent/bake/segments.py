@@ -16,6 +16,7 @@ import io
 import lzma
 import mmap
 import re
+import stat
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -176,6 +177,14 @@ def through_tool(tool: str, data: bytes, label: str) -> Iterator[bytes]:
             yield chunk
     finally:
         stream.close()
+
+
+MAX_LINK = 4096   # PATH_MAX: a longer symlink target is no path
+
+
+def keep_links(name: str, mode: int, size: int) -> bool:
+    """A cpio.Keep holding symlink targets only: enough to walk the tree as the kernel does."""
+    return stat.S_ISLNK(mode) and size <= MAX_LINK
 
 
 def unpack_stream(blob: Buffer, pos: int, fmt: SegmentFormat, where: str,
