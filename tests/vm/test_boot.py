@@ -84,13 +84,13 @@ def test_f_missing_and_failing_modules_still_boot(machine: Machine, token: str) 
     listing = members["etc/overlay-agent/modules.load"].content()
     initrd = machine.initrd_overriding("f", {
         "/etc/overlay-agent/modules.load":
-            listing + b"/lib/modules/none/gone.ko\n/lib/modules/bad.ko\n",
-        "/lib/modules/bad.ko": b"not an ELF module\n"}, with_root=True)
+            listing + b"/lib/modules/none/gone.ko\n/etc/overlay-agent/bad.ko\n",
+        "/etc/overlay-agent/bad.ko": b"not an ELF module\n"}, with_root=True)
     result = machine.boot("f", "panic=-1", with_root=True, initrd=initrd, token=token)
     assert_booted(result, token, "root /rootfs.sqsh (squashfs) mounted read-only")
     assert ("overlay-agent: kernel module /lib/modules/none/gone.ko: No such file or "
             "directory") in result.output
-    assert "overlay-agent: kernel module /lib/modules/bad.ko: Exec format error" in result.output
+    assert "overlay-agent: kernel module /etc/overlay-agent/bad.ko: Exec format error" in result.output
 
 
 def test_g_garbage_root_image(machine: Machine) -> None:
