@@ -13,7 +13,6 @@ import errno
 import hashlib
 import json
 import os
-import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from agent.cli import main
 from agent.listfile import Layer
 from agent.statusfile import ACTIVE, FAILED, SKIPPED, read_status
 from agent.tools import run
+from tests.hostile import alias_bomb_lines, chardev, mkdir, mkfifo, sparse, symlink_to, unix_socket
 from tests.kernel.test_activate import (  # noqa: F401 - fixtures
     SHARE,
     Env,
@@ -85,33 +85,16 @@ def replace_path(make: Callable[[Path], None], which: str = "image") -> Callable
     return spoil
 
 
-def mkfifo(path: Path) -> None:
-    os.mkfifo(path)
 
 
-def symlink_to(target: str) -> Callable[[Path], None]:
-    return lambda path: path.symlink_to(target)
 
 
-def mkdir(path: Path) -> None:
-    path.mkdir()
 
 
-def chardev(path: Path) -> None:
-    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
 
 
-def unix_socket(path: Path) -> None:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
-    sock.close()
 
 
-def sparse(size: int) -> Callable[[Path], None]:
-    def make(path: Path) -> None:
-        with path.open("wb") as f:
-            f.truncate(size)
-    return make
 
 
 def yaml_list(env: Env, body: str) -> bytes:
@@ -119,8 +102,7 @@ def yaml_list(env: Env, body: str) -> bytes:
 
 
 def alias_bomb(env: Env) -> bytes:
-    lines = ["version: 1", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    lines = ["version: 1", *alias_bomb_lines()]
     lines += ["layers:", "- image: 000-ext0.sqsh", "  metadata:", "    name: ext0",
               "    version: '1'", "    compatibility: {bomb: *a8}"]
     return "\n".join(lines).encode() + b"\n"
