@@ -87,6 +87,8 @@ def member_parts(state: LayerState, name: str) -> list[str]:
     """Split a member name into components; refuse absolute names and `..`."""
     if name.startswith("/"):
         raise state.refuse(name, "absolute member names are not allowed")
+    if "\0" in name:      # a PAX path can carry one; no file system name can
+        raise state.refuse(name, "NUL bytes are not allowed in a name")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise state.refuse(name, "'..' components are not allowed")
@@ -269,6 +271,8 @@ def unpack_member(state: LayerState, tf: tarfile.TarFile, member: tarfile.TarInf
         raise state.refuse(member.name, "fifos are not allowed")
     if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
         raise state.refuse(member.name, f"unsupported member type {member.type!r}")
+    if "\0" in member.linkname:
+        raise state.refuse(member.name, "NUL bytes are not allowed in a link target")
     if parts[-1].startswith(WHITEOUT):
         apply_whiteout(state, member.name, parts)
         return
