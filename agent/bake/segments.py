@@ -275,7 +275,19 @@ def kernel_name(name: str, tree: dict[str, cpio.Entry]) -> str:
     try:
         folder = resolve_in_tree(tree, "/".join(parts)) if parts else ""
     except BuildError:      # a symlink loop: the kernel would not create the member at all
-        return "/".join([*parts, last])
+        return lexical([*parts, last])
     if last == "..":
         return folder.rpartition("/")[0]
     return f"{folder}/{last}" if folder else last
+
+
+def lexical(parts: list[str]) -> str:
+    """`parts` with `..` taken as written (never above the root)."""
+    kept: list[str] = []
+    for part in parts:
+        if part == "..":
+            if kept:
+                kept.pop()
+        else:
+            kept.append(part)
+    return "/".join(kept)
