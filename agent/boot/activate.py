@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from agent.boot.cmdline import BootParams
 
 MOUNT_THREADS = 3  # mounts at once; they mostly wait on the loop worker (2 to 4: alike here)
+# Console lines for layer problems; the rest go to the status only, with one line saying so:
+# a serial console prints about a hundred lines a second, and a list of a thousand bad
+# entries must not hold the boot for ten.
+MAX_PROBLEM_LINES = 20
 LOOP_BLOCK = 4096
 LIST_LAYER = "l"   # staging name of the tmpfs layer that carries /etc/extensions.yaml
 
@@ -112,6 +116,7 @@ class Activation:
         self.cands: list[Candidate] = []
         self.busy = 0.0     # seconds spent in the two halves (not the wait between them)
         self.list_data = b""  # the list file's bytes, as read once
+        self.problems = 0     # layers recorded as not active
 
     def record(self, index: int, entry: Layer, phase: str, reason: str = "") -> None:
         meta = entry.metadata
@@ -121,7 +126,9 @@ class Activation:
             description=meta.description, compatibility=meta.compatibility,
             created=self.stamp, updated=self.stamp)
         if phase != statusfile.ACTIVE:
-            report(f"extension {entry.id}: {phase}: {reason}")
+            self.problems += 1
+            if self.problems <= MAX_PROBLEM_LINES:
+                report(f"extension {entry.id}: {phase}: {reason}")
 
     def fail(self, index: int, entry: Layer, reason: str) -> None:
         self.record(index, entry, statusfile.FAILED, reason)
@@ -382,6 +389,9 @@ def activate_extensions(base_root: str, target: str, settings: ActivationSetting
 
 def save_run_status(run: Activation, root: str, api: str) -> None:
     settings = run.settings
+    if run.problems > MAX_PROBLEM_LINES:
+        report(f"{run.problems - MAX_PROBLEM_LINES} more extensions not active, not shown "
+               f"here: see {settings.status_path}")
     save_status(settings.status_path, statusfile.boot_doc(
         extensions=[run.records[i] for i in sorted(run.records)], root=root,
         overlay=api, notes=run.notes, disabled=settings.disable, strict=settings.strict,

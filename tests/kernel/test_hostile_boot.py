@@ -160,6 +160,12 @@ def whiteout_hides_base(env: Env) -> None:
     assert (env.target / SHARE / "only-1").read_text() == "from 1"
 
 
+def summary_line(env: Env, more: int) -> None:
+    """Past 20 lines the console gets one line; the status keeps every record."""
+    assert env.lines[-1] == (f"{more} more extensions not active, not shown here: see "
+                             f"{env.settings.status_path}")
+
+
 def too_many_layers(env: Env, layers: list[Layer]) -> None:
     doc = doc_of(env)
     doc["layers"] = doc["layers"] * 334  # type: ignore[operator]  # 1002 entries
@@ -274,7 +280,8 @@ LIST_CASES: dict[str, Case] = {
                                    [S, S, S], "extension 000-ext0: skipped: " + L + "layers[1]: "
                                    "metadata compatibility is not a mapping", True),
     "1002-layers": Case(too_many_layers, [S] * 1000, "extension 000-ext0: skipped: " + L +
-                        "1002 layers, over the limit of 1000", True),
+                        "1002 layers, over the limit of 1000", True, lines=21,
+                        extra=lambda env: summary_line(env, 980)),
     "yaml-100-deep": Case(write_raw(b"layers:\n" + b"".join(b"  " * i + b"- \n"
                                                               for i in range(1, 100))), [],
                           L + "nested deeper than 64 levels at line 65" + NO_EXT, True),
