@@ -162,13 +162,13 @@ def load_entries(run: Activation) -> tuple[Layer, ...]:
     except OSError as exc:
         run.note(f"{path}: cannot read: {exc.strerror}; no extension activated")
         return ()
-    text = ""
+    doc: object = None
     try:
-        text = listfile.decode_list(run.list_data, path)
-        return listfile.read_list(text, path)
+        doc = listfile.load_document(listfile.decode_list(run.list_data, path), path)
+        return listfile.check_list(doc, path)
     except ListFileError as exc:
         reason = str(exc)
-    salvaged = salvage_entries(text)
+    salvaged = salvage_entries(doc)   # parsed once: YAML is slow in pure Python
     if not salvaged:
         run.note(f"{reason}; no extension activated")
     for index, entry in enumerate(salvaged):
@@ -178,13 +178,9 @@ def load_entries(run: Activation) -> tuple[Layer, ...]:
     return ()
 
 
-def salvage_entries(text: str) -> list[Layer]:
+def salvage_entries(doc: object) -> list[Layer]:
     """Best effort for a list we cannot use: its layers by image, to record them as skipped.
     Only plain, bounded strings are taken (the status must not carry what the list refused)."""
-    try:
-        doc = listfile.load_document(text, "") if text else None
-    except (ListFileError, ImportError):
-        return []
     raws = doc.get("layers") if isinstance(doc, dict) else None
     found = []
     for raw in raws[:listfile.MAX_LIST_LAYERS] if isinstance(raws, list) else []:

@@ -289,8 +289,8 @@ LIST_CASES: dict[str, Case] = {
                                            b"9" * 5000 + b"\n"), [],
                                  L + "not valid YAML: Exceeds the limit (4300 digits) for "
                                  "integer string conversion" + NO_EXT, True),
-    "yaml-over-256-KiB": Case(write_raw(b"layers: []\n" + b"#" * (256 << 10) + b"\n"), [],
-                              L + "not JSON, and over the limit of 262144 bytes for YAML" +
+    "yaml-over-64-KiB": Case(write_raw(b"layers: []\n" + b"#" * (64 << 10) + b"\n"), [],
+                              L + "not JSON, and over the limit of 65536 bytes for YAML" +
                               NO_EXT, True),
     "json-trailing-garbage": Case(write_raw(lambda env: (env.work / "extensions.yaml")
                                             .read_bytes() + b"}"), [],
