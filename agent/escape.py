@@ -35,6 +35,25 @@ def escape(text: str) -> str:
 
 
 
+def escape_json(text: str) -> str:
+    """JSON text with every non-printable character left raw by `ensure_ascii=False`
+    (U+2028, a C1 control such as the 8-bit CSI, an undecodable byte) as a \\u escape:
+    still the same JSON, and one line on any terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch.isprintable() or ch == "\n":
+            out.append(ch)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:   # a surrogate pair, as JSON spells characters past the BMP
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+    return "".join(out)
+
+
 def clip(text: str, limit: int = 80) -> str:
     """At most `limit` characters of `text`, with `...` where it was cut (for quoting an
     input inside a one-line message)."""

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from agent.escape import escape
+from agent.escape import escape, escape_json
 from agent.statusfile import ACTIVE, STATUS_PATH, BootStatus, ExtensionStatus, read_status
 
 NAMESPACE = "runtime"
@@ -82,7 +82,7 @@ def render_table(status: BootStatus, node: str) -> str:
 
 def render_json(status: BootStatus, node: str) -> str:
     """One JSON object per extension, one per line."""
-    return "".join(json.dumps(to_resource(e, node), ensure_ascii=False) + "\n"
+    return "".join(escape_json(json.dumps(to_resource(e, node), ensure_ascii=False)) + "\n"
                    for e in status.extensions)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from agent.escape import escape
+from agent.escape import escape, escape_json
 
 
 @pytest.mark.parametrize(("text", "shown"), [
@@ -25,3 +27,17 @@ from agent.escape import escape
 def test_escape(text: str, shown: str) -> None:
     assert escape(text) == shown
     assert escape(text).isprintable()
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("a\u2028b", '"a\\u2028b"'),
+    ("x\x9b[2J", '"x\\u009b[2J"'),
+    ("bad\udcff", '"bad\\udcff"'),
+    ("\U000e0001t", '"\\udb40\\udc01t"'),
+    ("é名", '"é名"'),
+])
+def test_escape_json_keeps_the_value_and_one_line(value: str, shown: str) -> None:
+    text = escape_json(json.dumps(value, ensure_ascii=False))
+    assert text == shown
+    assert json.loads(text) == value
+    assert len(text.splitlines()) == 1
