@@ -268,6 +268,28 @@ def load_document(text: str, where: str) -> object:
         raise ListFileError(f"{where}: {exc}") from None
 
 
+def salvage_layers(doc: object) -> list[Layer]:
+    """Best effort for a list we cannot use: its layers by image, to record them as skipped.
+    Only plain, bounded strings are taken (the status must not carry what the list refused)."""
+    raws = doc.get("layers") if isinstance(doc, dict) else None
+    found = []
+    for raw in raws[:MAX_LIST_LAYERS] if isinstance(raws, list) else []:
+        image = raw.get("image") if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and isinstance(image, str) and not check_image_name(image):
+            meta = raw.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            name, version, kind = (_short(meta.get("name")) or image,
+                                   _short(meta.get("version")), _short(raw.get("kind")))
+            found.append(Layer(image, Metadata(name, version), kind=kind))
+    return found
+
+
+def _short(value: object) -> str:
+    """A salvaged string: kept when it is one, printable and short."""
+    return value if isinstance(value, str) and len(value) <= 256 and value.isprintable() \
+        else ""
+
+
 def read_list(text: str, where: str = LIST_PATH) -> tuple[Layer, ...]:
     """Parse a list file; ListFileError names `where` when it is unusable."""
     return check_list(load_document(text, where), where)

@@ -22,7 +22,7 @@ from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_chec
 from agent.boot.workers import share_out
 from agent.errors import BootError, ListFileError
 from agent.files import read_regular
-from agent.listfile import Layer, Metadata
+from agent.listfile import Layer
 from agent.values import Value
 
 TYPE_CHECKING = False
@@ -168,7 +168,7 @@ def load_entries(run: Activation) -> tuple[Layer, ...]:
         return listfile.check_list(doc, path)
     except ListFileError as exc:
         reason = str(exc)
-    salvaged = salvage_entries(doc)   # parsed once: YAML is slow in pure Python
+    salvaged = listfile.salvage_layers(doc)   # parsed once: YAML is slow in pure Python
     if not salvaged:
         run.note(f"{reason}; no extension activated")
     for index, entry in enumerate(salvaged):
@@ -176,28 +176,6 @@ def load_entries(run: Activation) -> tuple[Layer, ...]:
     if run.settings.strict:
         run.note(f"{reason}; every extension skipped")
     return ()
-
-
-def salvage_entries(doc: object) -> list[Layer]:
-    """Best effort for a list we cannot use: its layers by image, to record them as skipped.
-    Only plain, bounded strings are taken (the status must not carry what the list refused)."""
-    raws = doc.get("layers") if isinstance(doc, dict) else None
-    found = []
-    for raw in raws[:listfile.MAX_LIST_LAYERS] if isinstance(raws, list) else []:
-        image = raw.get("image") if isinstance(raw, dict) else None
-        if isinstance(raw, dict) and isinstance(image, str) and not listfile.check_image_name(image):
-            meta = raw.get("metadata")
-            meta = meta if isinstance(meta, dict) else {}
-            name, version, kind = (_short(meta.get("name")) or image,
-                                   _short(meta.get("version")), _short(raw.get("kind")))
-            found.append(Layer(image, Metadata(name, version), kind=kind))
-    return found
-
-
-def _short(value: object) -> str:
-    """A salvaged string: kept when it is one, printable and short."""
-    ok = isinstance(value, str) and len(value) <= 256 and value.isprintable()
-    return value if ok else ""  # type: ignore[return-value]
 
 
 def skip_reason(entry: Layer, settings: ActivationSettings) -> str:
