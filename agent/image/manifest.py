@@ -18,7 +18,7 @@ from typing import Any
 from agent import yamltext
 from agent.escape import clip
 from agent.image.versions import VersionRange, VersionRangeError, parse_range
-from agent.listfile import Metadata
+from agent.listfile import MAX_TEXT, Metadata
 
 MANIFEST = "manifest.yaml"
 MANIFEST_VERSION = "v1alpha1"
@@ -84,6 +84,8 @@ def check_manifest(doc: Any) -> Manifest:
             problems.append(f"metadata.{key}: missing")
         elif not isinstance(value, str):
             problems.append(f"metadata.{key}: not a string (quote it in YAML)")
+        elif len(value) > MAX_TEXT:   # the list file at boot takes no more
+            problems.append(f"metadata.{key}: over {MAX_TEXT} characters")
     name = meta.get("name")
     if isinstance(name, str) and name and not NAME_RE.fullmatch(name):
         problems.append(f"metadata.name: {name!r} may hold only lowercase letters, digits, "

@@ -358,6 +358,9 @@ CASES: dict[str, Case] = {
     "validate-name-with-escape": Case(validate_manifest(manifest_with(
         name='"\\e[2Jx"')), 1, "", f"dir:{V}: manifest.yaml: metadata.name: "
         "'\\x1b[2Jx' may hold only lowercase letters, digits, '-', '_' and '.'\n"),
+    "validate-description-20-KiB": Case(validate_manifest(manifest_with().replace(
+        b"description: d", b"description: " + b"d" * 20_000)), 1, "",
+        f"dir:{V}: manifest.yaml: metadata.description: over 16384 characters\n"),
     "validate-top-level-list": Case(validate_manifest(b"- 1\n"), 1, "",
                                     f"dir:{V}: manifest.yaml: top level is not a mapping\n"),
     "validate-two-documents": Case(validate_manifest(b"a: 1\n---\nb: 2\n"), 1, "",
