@@ -232,8 +232,9 @@ def mount_list_layer(run: Activation, staging: str) -> str | None:
 
     try:
         os.makedirs(staging, exist_ok=True)
+        size = max(1 << 20, 2 * len(run.list_data))   # a list may be up to 4 MiB
         syscalls.mount("oa-list", staging, "tmpfs", syscalls.MS_NODEV | syscalls.MS_NOSUID,
-                       "mode=0755,size=1m")
+                       f"mode=0755,size={size}")
     except OSError as exc:
         run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: tmpfs: {exc.strerror}")
         return None

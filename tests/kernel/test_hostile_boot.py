@@ -160,6 +160,12 @@ def whiteout_hides_base(env: Env) -> None:
     assert (env.target / SHARE / "only-1").read_text() == "from 1"
 
 
+def list_shown(env: Env) -> None:
+    """The list layer holds the list's bytes, however large the reader lets it be."""
+    shown = (env.target / "etc/extensions.yaml").read_bytes()
+    assert shown == (env.work / "extensions.yaml").read_bytes() and len(shown) > 1 << 20
+
+
 def summary_line(env: Env, more: int) -> None:
     """Past 20 lines the console gets one line; the status keeps every record."""
     assert env.lines[-1] == (f"{more} more extensions not active, not shown here: see "
@@ -304,6 +310,9 @@ LIST_CASES: dict[str, Case] = {
     "sha256-upper-case": Case(lambda env, layers: set_field(1, "sha256",
                                                             layers[1].sha256.upper())(env, layers),
                               [A, A, A], ""),
+    "valid-but-1.6-MiB": Case(set_field(1, "compatibility", {str(i): "c" * 16_000
+                                                             for i in range(100)}, meta=True),
+                              [A, A, A], "", extra=lambda env: list_shown(env)),
     "talos-yaml-unchecked": Case(write_raw(
         b"layers:\n" + b"".join(b"  - image: %03d-ext%d.sqsh\n    metadata:\n      name: ext%d\n"
                                 b"      version: 1.%d\n" % (i, i, i, i) for i in range(3))),
