@@ -11,7 +11,7 @@ KERNELS := $(CACHE)/kernels
 SUITES ?= bookworm trixie
 export SOURCE_DATE_EPOCH ?= 1700000000
 
-.PHONY: all deps venv kernels test test-unit lint demo bench clean
+.PHONY: all deps venv kernels test test-unit fuzz lint demo bench clean
 
 all: test
 
@@ -41,6 +41,10 @@ test: deps venv kernels
 
 test-unit: venv
 	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+# The fuzz tier with the long budget (4000 examples a property; `make test` runs 100).
+fuzz: venv
+	OVERLAY_AGENT_FUZZ=long $(PY) -m pytest -p no:cacheprovider tests/fuzz
 
 lint: venv
 	$(VENV)/bin/ruff check agent devtools tests scripts bench

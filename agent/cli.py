@@ -15,7 +15,8 @@ import traceback
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.errors import AgentError
+from agent.errors import AgentError, ValidationFailed
+from agent.escape import escape
 
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # a name the terminal's locale cannot encode is shown as \xNN, never a traceback
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -66,10 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"overlay-agent: error: {exc}", file=sys.stderr)
+        print(f"overlay-agent: error: {error_text(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("overlay-agent: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
+
+
+def error_text(exc: AgentError) -> str:
+    """The message, escaped: a ValidationFailed keeps one line per problem."""
+    if isinstance(exc, ValidationFailed):
+        return "\n".join([f"{len(exc.problems)} problem(s) found:",
+                          *(escape(p) for p in exc.problems)])
+    return escape(str(exc))

@@ -7,8 +7,10 @@ nodes are made in the archive itself, so the host needs no mknod.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +21,7 @@ from agent.tools import run
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 _HEADER_LEN = 110
+_HEX = b"0123456789abcdefABCDEF"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class Entry:
     mtime: int = 0
     uid: int = 0
     gid: int = 0
+    size: int = -1                 # read back: the member's size, also when `data` was not kept
+    sha256: str = ""               # read back: hex digest of content not kept
 
     def content(self) -> bytes:
         return self.data.read_bytes() if isinstance(self.data, Path) else self.data
@@ -105,27 +110,69 @@ def write(entries: Iterable[Entry], out: BinaryIO) -> int:
     return written
 
 
-def read(blob: bytes, offset: int = 0) -> tuple[list[Entry], int]:
-    """Read one archive starting at `offset`; return its members and the offset after it."""
+Keep = Callable[[str, int, int], bool]   # (name, mode, size): keep the member's bytes?
+_CHUNK = 1 << 20
+
+
+def read_archive(read: Callable[[int], bytes], start: int,
+                 keep: Keep | None = None) -> tuple[list[Entry], int]:
+    """One archive from a stream at its first header, `start` bytes into that stream
+    (`read(n)` returns n bytes, fewer only at the end). Returns the members and the
+    archive's length. Content `keep` declines is hashed as it streams by, never held:
+    memory stays bounded whatever the sizes."""
     entries: list[Entry] = []
-    pos = offset
+    length = 0
     while True:
-        head = blob[pos:pos + _HEADER_LEN]
+        pos = start + length
+        head = read(_HEADER_LEN)
         if len(head) < _HEADER_LEN or head[:6] not in (MAGIC, b"070702"):
             raise BuildError(f"cpio: no newc header at offset {pos}")
+        if head[6:].translate(None, _HEX):   # int() would take " 1", "+1", "1_0"
+            raise BuildError(f"cpio: header at offset {pos} has a field that is not "
+                             "8 hex digits")
         f = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
         mode, uid, gid, mtime, size, rmaj, rmin, namesize = (f[1], f[2], f[3], f[5], f[6],
                                                              f[9], f[10], f[11])
-        name_start = pos + _HEADER_LEN
-        name = blob[name_start:name_start + namesize - 1].decode(errors="surrogateescape")
-        data_start = offset + ((name_start + namesize - offset + 3) & ~3)
-        data = blob[data_start:data_start + size]
-        if len(data) < size:
+        raw_name = read(namesize)
+        name = raw_name[:namesize - 1].decode(errors="surrogateescape")
+        if len(raw_name) < namesize:
+            raise BuildError(f"cpio: member name at offset {pos} is truncated")
+        length += _HEADER_LEN + namesize
+        length += len(read(-length % 4))
+        data, digest = read_data(read, size, keep is None or keep(name, mode, size))
+        if data is None:
             raise BuildError(f"cpio: member {name!r} is truncated")
-        pos = offset + ((data_start + size - offset + 3) & ~3)
+        length += size
+        pad = -length % 4
+        if len(read(pad)) == pad or name == TRAILER:
+            length += pad
         if name == TRAILER:
-            return entries, pos
-        entries.append(Entry(name, mode, data, (rmaj, rmin), mtime, uid, gid))
+            return entries, length
+        entries.append(Entry(name, mode, data, (rmaj, rmin), mtime, uid, gid, size, digest))
+
+
+def read_data(read: Callable[[int], bytes], size: int, keep: bool) -> tuple[bytes | None, str]:
+    """(content or b"", sha256 of content not kept); None when the stream ends early."""
+    if keep:
+        data = read(size)
+        return (data if len(data) == size else None), ""
+    digest = hashlib.sha256()
+    left = size
+    while left:
+        chunk = read(min(left, _CHUNK))
+        if not chunk:
+            return None, ""
+        digest.update(chunk)
+        left -= len(chunk)
+    return b"", digest.hexdigest()
+
+
+def read(blob: bytes, offset: int = 0) -> tuple[list[Entry], int]:
+    """Read one archive starting at `offset`; return its members and the offset after it."""
+    stream = io.BytesIO(blob)
+    stream.seek(offset)
+    entries, length = read_archive(stream.read, offset)
+    return entries, offset + length
 
 
 def iter_archives(blob: bytes) -> Iterator[list[Entry]]:

@@ -11,7 +11,7 @@ ID rule, the layer limit, the reader's checks.
 
 from __future__ import annotations
 
-from agent import lightjson
+from agent import lightjson, yamltext
 from agent.errors import ListFileError
 from agent.values import Value
 
@@ -28,6 +28,17 @@ KINDS = (KIND_EXTENSION, KIND_MODULES)
 # build refuses a list longer than boot can stack.
 KERNEL_MAX_LOWER = 500
 MAX_LAYERS = KERNEL_MAX_LOWER - 1
+# Bounds of the reader (a hostile list costs PID 1 little time and memory, never a boot):
+MAX_LIST_BYTES = 4 << 20      # the file; JSON through the C scanner reads this in ms
+# A Talos-written (YAML) list: the initramfs has pure-Python yaml only, about 8 ms a KiB
+# here (bench/bench_hostile.py), and a hostile list may cost a boot at most a second.
+# 64 KiB holds some 400 entries in Talos's style.
+MAX_YAML_BYTES = 64 << 10
+MAX_LIST_LAYERS = 2 * KERNEL_MAX_LOWER   # past MAX_LAYERS each fails; far past: unusable
+MAX_TEXT = 16 << 10           # one metadata string (a description)
+MAX_NAME = 255                # an image file name, in bytes (NAME_MAX)
+MAX_COMPAT_NODES = 256        # metadata.compatibility: a small mapping
+MAX_COMPAT_DEPTH = 8
 
 
 def image_name(index: int, name: str) -> str:
@@ -37,6 +48,20 @@ def image_name(index: int, name: str) -> str:
 
 
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-")
+
+
+def check_image_name(image: object) -> str:
+    """Why `image` cannot name a file under IMAGES_DIR, or "" when it can: one plain,
+    printable file name (no NUL, newline or undecodable byte), at most NAME_MAX bytes."""
+    if not isinstance(image, str) or not image:
+        return "needs an image name"
+    if "/" in image or image in (".", ".."):
+        return f"image {image[:MAX_NAME]!r} is not a plain file name"
+    if not image.isprintable():
+        return f"image {image[:MAX_NAME]!r} holds a control character or an undecodable byte"
+    if len(image.encode()) > MAX_NAME:
+        return f"image name is over {MAX_NAME} bytes"
+    return ""
 
 
 def layer_id(image: str) -> str:
@@ -77,8 +102,11 @@ class Metadata(Value):
         compat = data.get("compatibility") or {}
         if not isinstance(compat, dict):
             raise ListFileError(f"{where}: metadata compatibility is not a mapping")
-        return cls(str(data["name"]), str(data["version"]), str(data.get("author") or ""),
-                   str(data.get("description") or ""), compat)
+        text = {key: scalar_text(data.get(key), f"{where}: metadata {key}")
+                for key in ("name", "version", "author", "description")}
+        budget = [MAX_COMPAT_NODES]
+        return cls(text["name"], text["version"], text["author"], text["description"],
+                   plain_copy(compat, f"{where}: metadata compatibility", 0, budget))
 
 
 class Layer(Value):
@@ -104,6 +132,41 @@ class Layer(Value):
         return self.metadata.name
 
 
+def scalar_text(value: object, where: str) -> str:
+    """A metadata string: a scalar (a YAML version may read as a number) of bounded size."""
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)):
+        raise ListFileError(f"{where} is not a string")
+    text = str(value)
+    if len(text) > MAX_TEXT:
+        raise ListFileError(f"{where} is over {MAX_TEXT} characters")
+    return text
+
+
+def plain_copy(value: object, where: str, depth: int, budget: list[int]) -> dict[str, object]:
+    """A copy of a compatibility mapping made of plain JSON values, bounded in size and
+    depth: a YAML alias bomb would otherwise expand when the status is written."""
+    copied = _copy(value, where, depth, budget)
+    assert isinstance(copied, dict)
+    return copied
+
+
+def _copy(value: object, where: str, depth: int, budget: list[int]) -> object:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_COMPAT_DEPTH:
+        raise ListFileError(f"{where} is larger than {MAX_COMPAT_NODES} values or deeper "
+                            f"than {MAX_COMPAT_DEPTH} levels")
+    if isinstance(value, dict):
+        return {scalar_text(k, where): _copy(v, where, depth + 1, budget)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v, where, depth + 1, budget) for v in value]
+    if value is None or isinstance(value, bool):
+        return value
+    return scalar_text(value, where)
+
+
 def _plain(value: object) -> object:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -124,23 +187,34 @@ def dump_list(layers: tuple[Layer, ...] | list[Layer]) -> str:
             for layer in layers
         ],
     }
-    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    read_list(text, LIST_PATH)   # the build writes nothing the boot would refuse
+    return text
 
 
 def check_layer(raw: object, at: str) -> Layer:
-    if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
+    if not isinstance(raw, dict):
         raise ListFileError(f"{at}: needs an image name")
-    image = raw["image"]
-    if "/" in image or image in (".", ".."):
-        raise ListFileError(f"{at}: image {image!r} is not a plain file name")
+    image = raw.get("image")
+    problem = check_image_name(image)
+    if problem:
+        raise ListFileError(f"{at}: {problem}")
+    assert isinstance(image, str)
     kind = raw.get("kind", KIND_EXTENSION)
-    if kind not in KINDS:
-        raise ListFileError(f"{at}: unknown kind {kind!r}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ListFileError(f"{at}: unknown kind {str(kind)[:40]!r}")
     size = raw.get("size", -1)
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise ListFileError(f"{at}: size {size!r} is not an integer")
+    if not isinstance(size, int) or isinstance(size, bool) or not -1 <= size < 1 << 62:
+        raise ListFileError(f"{at}: size {str(size)[:40]!r} is not a size in bytes")
+    sha256 = raw.get("sha256") or ""
+    if not isinstance(sha256, str) or not (sha256 == "" or is_sha256(sha256)):
+        raise ListFileError(f"{at}: sha256 {str(sha256)[:72]!r} is not 64 hex digits")
     meta = Metadata.from_dict(raw.get("metadata") or {}, at)
-    return Layer(image, meta, str(raw.get("sha256") or ""), size, kind)
+    return Layer(image, meta, sha256.lower(), size, kind)
+
+
+def is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def check_list(doc: object, where: str) -> tuple[Layer, ...]:
@@ -159,26 +233,61 @@ def check_list(doc: object, where: str) -> tuple[Layer, ...]:
         raw_layers = []
     if not isinstance(raw_layers, list):
         raise ListFileError(f"{where}: layers is not a list")
+    if len(raw_layers) > MAX_LIST_LAYERS:
+        raise ListFileError(f"{where}: {len(raw_layers)} layers, over the limit of "
+                            f"{MAX_LIST_LAYERS}")
     return tuple(check_layer(raw, f"{where}: layers[{i}]") for i, raw in enumerate(raw_layers))
+
+
+def decode_list(data: bytes, where: str) -> str:
+    """The list file's text: UTF-8 of at most MAX_LIST_BYTES."""
+    if len(data) > MAX_LIST_BYTES:
+        raise ListFileError(f"{where}: {len(data)} bytes, over the limit of {MAX_LIST_BYTES}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ListFileError(f"{where}: not UTF-8 (byte {exc.start})") from None
 
 
 def load_document(text: str, where: str) -> object:
     """JSON (what the build writes); YAML block style (as Talos writes it) through yaml."""
     try:
         return lightjson.loads(text)
+    except RecursionError:
+        raise ListFileError(f"{where}: JSON nested too deeply") from None
     except ValueError:
         pass
+    if len(text) > MAX_YAML_BYTES:
+        raise ListFileError(f"{where}: not JSON, and over the limit of {MAX_YAML_BYTES} "
+                            "bytes for YAML")
     try:
-        import yaml
+        return yamltext.load(text)
     except ImportError:
         raise ListFileError(f"{where}: not JSON, and no yaml module to read it as YAML") from None
+    except yamltext.YamlError as exc:
+        raise ListFileError(f"{where}: {exc}") from None
 
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ListFileError(f"{where}: not valid YAML{at}") from None
+
+def salvage_layers(doc: object) -> list[Layer]:
+    """Best effort for a list we cannot use: its layers by image, to record them as skipped.
+    Only plain, bounded strings are taken (the status must not carry what the list refused)."""
+    raws = doc.get("layers") if isinstance(doc, dict) else None
+    found = []
+    for raw in raws[:MAX_LIST_LAYERS] if isinstance(raws, list) else []:
+        image = raw.get("image") if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and isinstance(image, str) and not check_image_name(image):
+            meta = raw.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            name, version, kind = (_short(meta.get("name")) or image,
+                                   _short(meta.get("version")), _short(raw.get("kind")))
+            found.append(Layer(image, Metadata(name, version), kind=kind))
+    return found
+
+
+def _short(value: object) -> str:
+    """A salvaged string: kept when it is one, printable and short."""
+    return value if isinstance(value, str) and len(value) <= 256 and value.isprintable() \
+        else ""
 
 
 def read_list(text: str, where: str = LIST_PATH) -> tuple[Layer, ...]:

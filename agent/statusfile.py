@@ -13,6 +13,7 @@ import time
 
 from agent import lightjson
 from agent.errors import StatusError
+from agent.files import read_regular
 from agent.listfile import layer_id
 from agent.values import Value
 
@@ -82,15 +83,23 @@ def write_json_atomic(path: str, doc: dict[str, object]) -> None:
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, mode=0o755, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    data = memoryview(lightjson.dumps(doc).encode(errors="backslashreplace") + b"\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
     try:
-        data = memoryview(lightjson.dumps(doc).encode() + b"\n")
-        while data:
-            data = data[os.write(fd, data):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:      # a full /run: no half-written file left behind
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # ---------------------------------------------------------------- reading (runtime)
@@ -175,6 +184,8 @@ class BootStatus(Value):
                   duration_ms=duration_ms, root_mode=root_mode, upper=upper)
 
 
+MAX_STATUS_BYTES = 16 << 20   # 499 layers with the list's bounded metadata fit easily
+MAX_DEPTH = 16                # compatibility mappings are shallow; a deeper file is not ours
 _STR_FIELDS = ("id", "image", "kind", "name", "version", "reason", "author", "description",
                "created", "updated")
 
@@ -185,12 +196,14 @@ def check_extension(raw: object, where: str) -> list[str]:
         return [f"{where}: not an object"]
     problems = [f"{where}: {key} is not a string" for key in _STR_FIELDS
                 if not isinstance(raw.get(key), str)]
-    if not isinstance(raw.get("index"), int):
+    if not isinstance(raw.get("index"), int) or isinstance(raw.get("index"), bool):
         problems.append(f"{where}: index is not an integer")
-    if raw.get("phase") not in PHASES:
-        problems.append(f"{where}: unknown phase {raw.get('phase')!r}")
+    if not isinstance(raw.get("phase"), str) or raw.get("phase") not in PHASES:
+        problems.append(f"{where}: unknown phase {shown(raw.get('phase'))}")
     if not isinstance(raw.get("compatibility"), dict):
         problems.append(f"{where}: compatibility is not an object")
+    elif depth_of(raw["compatibility"]) > MAX_DEPTH:
+        problems.append(f"{where}: compatibility is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(raw.get("device", ""), str):
         problems.append(f"{where}: device is not a string")
     return problems
@@ -209,26 +222,49 @@ def check_upper(raw: object, where: str) -> list[str]:
     problems = [f"{where}: {key} is not a string" for key in _UPPER_STR
                 if not isinstance(raw.get(key), str)]
     problems += [f"{where}: {key} is not an integer" for key in _UPPER_INT
-                 if not isinstance(raw.get(key), int)]
+                 if not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool)]
     shadowed = raw.get("shadowed")
     if not isinstance(shadowed, list) or not all(isinstance(p, str) for p in shadowed):
         problems.append(f"{where}: shadowed is not a list of strings")
     return problems
 
 
+def shown(value: object) -> str:
+    """A value quoted in a problem: short, whatever its type."""
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else \
+        f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def depth_of(value: object, depth: int = 0) -> int:
+    """Nesting depth, giving up past MAX_DEPTH."""
+    if depth > MAX_DEPTH or not isinstance(value, (dict, list)):
+        return depth
+    items = value.values() if isinstance(value, dict) else value
+    return max((depth_of(v, depth + 1) for v in items), default=depth + 1)
+
+
 def check_status(doc: object, where: str) -> list[str]:
     """Every problem of a parsed status document (pure)."""
     if not isinstance(doc, dict):
         return [f"{where}: top level is not an object"]
-    if doc.get("schema") != STATUS_SCHEMA:
-        return [f"{where}: unknown status schema {doc.get('schema')!r}"]
+    schema = doc.get("schema")
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema != STATUS_SCHEMA:
+        return [f"{where}: unknown status schema {shown(schema)}"]
     problems = []
-    if doc.get("overlay") not in OVERLAY_APIS:
-        problems.append(f"{where}: unknown overlay {doc.get('overlay')!r}")
-    if not isinstance(doc.get("notes"), list):
-        problems.append(f"{where}: notes is not a list")
+    if not isinstance(doc.get("overlay"), str) or doc.get("overlay") not in OVERLAY_APIS:
+        problems.append(f"{where}: unknown overlay {shown(doc.get('overlay'))}")
+    notes = doc.get("notes")
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        problems.append(f"{where}: notes is not a list of strings")
+    for key in ("root", "list_path", "activated"):
+        if not isinstance(doc.get(key, ""), str):
+            problems.append(f"{where}: {key} is not a string")
+    duration = doc.get("duration_ms", 0.0)
+    if not isinstance(duration, (int, float)) or isinstance(duration, bool):
+        problems.append(f"{where}: duration_ms is not a number")
     if doc.get("root_mode", ROOT_READ_ONLY) not in ROOT_MODES:   # absent: an older agent
-        problems.append(f"{where}: unknown root_mode {doc.get('root_mode')!r}")
+        problems.append(f"{where}: unknown root_mode {shown(doc.get('root_mode'))}")
     problems += check_upper(doc.get("upper"), f"{where}: upper")
     exts = doc.get("extensions")
     if not isinstance(exts, list):
@@ -261,17 +297,20 @@ def status_from_doc(doc: dict[str, object]) -> BootStatus:
 def read_status(path: str = STATUS_PATH) -> BootStatus:
     """Load, validate (all problems at once), build; StatusError names the file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_regular(path, MAX_STATUS_BYTES, follow=True).decode("utf-8")
     except FileNotFoundError:
         raise StatusError(f"{path}: not found: this system did not boot through "
                           "overlay-agent") from None
     except OSError as exc:
         raise StatusError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise StatusError(f"{path}: not UTF-8 (byte {exc.start})") from None
     try:
         doc = lightjson.loads(text)
+    except RecursionError:
+        raise StatusError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as exc:
-        raise StatusError(f"{path}: not valid JSON ({exc})") from None
+        raise StatusError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
     problems = check_status(doc, path)
     if problems:
         raise StatusError("; ".join(problems))

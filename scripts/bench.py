@@ -26,6 +26,7 @@ MODULES = (
     "bench_activate",
     "bench_upper",
     "bench_initramfs",
+    "bench_hostile",
 )
 
 

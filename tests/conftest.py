@@ -1,5 +1,6 @@
 """Test tiers by directory: tests/unit (no root), tests/kernel (root, real mounts in a
-private mount namespace), tests/vm (QEMU boots of Debian's stock kernels)."""
+private mount namespace), tests/vm (QEMU boots of Debian's stock kernels), tests/fuzz
+(hypothesis; short budget here, OVERLAY_AGENT_FUZZ=long through `make fuzz`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ KERNEL_CACHE = ROOT / ".cache" / "kernels"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tier = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
-        if tier in ("unit", "kernel", "vm"):
+        if tier in ("unit", "kernel", "vm", "fuzz"):
             item.add_marker(getattr(pytest.mark, tier))
 
 

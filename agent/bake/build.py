@@ -21,10 +21,11 @@ from agent.bake.config import find_duplicates, read_machine_config
 from agent.bake.depmod import ModulesPlan, build_modules_layer, modules_metadata, plan_modules
 from agent.bake.early import MicrocodeSource, load_microcode, plan_early, with_early
 from agent.bake.firmware import firmware_entries, resolve_in_tree
-from agent.bake.segments import merged_members, split_segments
+from agent.bake.segments import MAX_UNPACKED, keep_links, merged_members, split_segments
 from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
 from agent.bake.workdir import work_folder
 from agent.errors import AgentError, BuildError, ValidationFailed
+from agent.files import read_regular
 from agent.image.model import FetchOptions, UnpackedExtension
 from agent.log import get_logger
 from agent.output import write_atomically
@@ -102,12 +103,12 @@ def check_output(path: Path) -> list[str]:
 
 def read_input(path: Path) -> tuple[bytes, dict[str, cpio.Entry], list[str]]:
     """The input initramfs and its unpacked member table, or the problem with it."""
-    try:
-        blob = path.read_bytes()
+    try:   # a regular file (never a fifo to block on) of a size the kernel could unpack
+        blob = read_regular(str(path), MAX_UNPACKED, follow=True)
     except OSError as exc:
         return b"", {}, [f"{path}: cannot read: {exc.strerror}"]
-    try:
-        segments = split_segments(blob, str(path))
+    try:   # names and symlinks are what the checks need: member bytes are only hashed
+        segments = split_segments(blob, str(path), keep_links)
     except AgentError as exc:
         return blob, {}, [f"{exc} (the input must end on a complete archive)"]
     if not segments:

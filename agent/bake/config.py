@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import yamltext
 from agent.errors import SourceError
+from agent.files import read_regular
+
+MAX_CONFIG = 16 << 20     # a Talos machine config is tens of KiB
 
 
 @dataclass(frozen=True)
@@ -25,18 +29,16 @@ class MachineConfig:
 
 def load_documents(path: Path) -> list[Any]:
     """Parse every YAML document of `path`; raise SourceError naming it if unreadable."""
-    import yaml
-
     try:
-        text = path.read_text()
+        text = read_regular(str(path), MAX_CONFIG, follow=True).decode()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        return list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SourceError(f"{path}: not valid YAML{at}") from None
+        return yamltext.load_all(text)
+    except yamltext.YamlError as exc:
+        raise SourceError(f"{path}: {exc}") from None
 
 
 def validate_documents(where: str, docs: Sequence[Any]) -> tuple[MachineConfig, list[str]]:

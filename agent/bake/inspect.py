@@ -12,15 +12,20 @@ from __future__ import annotations
 import enum
 import hashlib
 import itertools
+import mmap
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import listfile
-from agent.bake.early import EarlyMicrocode, member_name, read_early_microcode
-from agent.bake.segments import Segment, SegmentFormat, merged_members, split_segments
+from agent import cpio, listfile
+from agent.bake.early import RECORD, EarlyMicrocode, member_name, read_early_microcode
+from agent.bake.microcode import VENDORS
+from agent.bake.segments import Segment, SegmentFormat, keep_links, merged_members, split_segments
 from agent.errors import SourceError
+from agent.escape import escape
+from agent.files import open_regular
 
 
 class ImageState(enum.Enum):
@@ -53,41 +58,83 @@ class InitramfsReport:
         return all(r.state in (ImageState.OK, ImageState.UNCHECKED) for r in self.layers)
 
 
-def check_image(index: int, layer: listfile.Layer, data: bytes | None) -> LayerReport:
-    if data is None:
+def check_image(index: int, layer: listfile.Layer, entry: cpio.Entry | None) -> LayerReport:
+    """An image member against its list entry (its bytes were hashed as they streamed by)."""
+    if entry is None or not stat.S_ISREG(entry.mode):
         return LayerReport(index, layer, -1, "", ImageState.MISSING)
-    digest = hashlib.sha256(data).hexdigest()
+    data = entry.content()
+    size = entry.size if entry.size >= 0 else len(data)
+    digest = entry.sha256 or hashlib.sha256(data).hexdigest()
     if not layer.sha256:
-        state = ImageState.UNCHECKED if layer.size in (-1, len(data)) else ImageState.MISMATCH
-    elif layer.sha256 == digest and layer.size in (-1, len(data)):
+        state = ImageState.UNCHECKED if layer.size in (-1, size) else ImageState.MISMATCH
+    elif layer.sha256 == digest and layer.size in (-1, size):
         state = ImageState.OK
     else:
         state = ImageState.MISMATCH
-    return LayerReport(index, layer, len(data), digest, state)
+    return LayerReport(index, layer, size, digest, state)
+
+
+MAX_MICROCODE_BYTES = 64 << 20   # the early loader's files and record, at most this in all
+
+
+def keep_list_and_links() -> cpio.Keep:
+    """Hold the bytes of symlinks, would-be list files and the early microcode files only
+    (bounded in all): every other member is hashed as it streams by, whatever an archive
+    unpacks to."""
+    budget = [4 * listfile.MAX_LIST_BYTES + MAX_MICROCODE_BYTES]
+    name = listfile.LIST_PATH.rsplit("/", 1)[-1]
+    early = {RECORD, *(member_name(v) for v in VENDORS)}
+
+    def keep(member: str, mode: int, size: int) -> bool:
+        wanted = keep_links(member, mode, size) or (stat.S_ISREG(mode) and (
+            (member.endswith(name) and size <= listfile.MAX_LIST_BYTES)
+            or member.lstrip("./") in early))
+        if wanted and size <= budget[0]:
+            budget[0] -= size
+            return True
+        return False
+
+    return keep
+
+
+def map_input(path: Path) -> tuple[mmap.mmap | bytes, int]:
+    """The initramfs mapped read-only (its pages are the page cache's, not ours): a regular
+    file only, never a fifo to block on."""
+    try:
+        fd, size = open_regular(str(path), follow=True)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return (mmap.mmap(fd, 0, prot=mmap.PROT_READ) if size else b""), size
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def inspect_initramfs(path: Path) -> InitramfsReport:
     """Read every segment of `path` and check the baked extensions against the list."""
+    blob, size = map_input(path)
     try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
-    segments = split_segments(blob, str(path))
+        segments = split_segments(blob, str(path), keep_list_and_links())
+    finally:
+        if isinstance(blob, mmap.mmap):
+            blob.close()
     leading = itertools.takewhile(lambda s: s.format is SegmentFormat.CPIO, segments)
     microcode = tuple(read_early_microcode([s.entries for s in leading]))
     tree = merged_members(segments)
     listed = tree.get(listfile.LIST_PATH.strip("/"))
     if listed is None or not stat.S_ISREG(listed.mode):
-        return InitramfsReport(str(path), len(blob), tuple(segments), False, (), microcode)
+        return InitramfsReport(str(path), size, tuple(segments), False, (), microcode)
     where = f"{path}: {listfile.LIST_PATH}"
-    layers = listfile.read_list(listed.content().decode(errors="replace"), where)
+    if listed.sha256:   # declined by keep: too large, or over the budget
+        raise SourceError(f"{where}: {listed.size} bytes, over the limit of "
+                          f"{listfile.MAX_LIST_BYTES}")
+    layers = listfile.read_list(listfile.decode_list(listed.content(), where), where)
     images = listfile.IMAGES_DIR.strip("/")
-    reports = []
-    for i, layer in enumerate(layers):
-        entry = tree.get(f"{images}/{layer.image}")
-        data = entry.content() if entry is not None and stat.S_ISREG(entry.mode) else None
-        reports.append(check_image(i, layer, data))
-    return InitramfsReport(str(path), len(blob), tuple(segments), True, tuple(reports),
+    reports = [check_image(i, layer, tree.get(f"{images}/{layer.image}"))
+               for i, layer in enumerate(layers)]
+    return InitramfsReport(str(path), size, tuple(segments), True, tuple(reports),
                            microcode)
 
 
@@ -120,6 +167,7 @@ def report_dict(report: InitramfsReport) -> dict[str, Any]:
 
 
 def format_table(rows: list[list[str]]) -> str:
+    rows = [[escape(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                      .rstrip() for row in rows) + "\n"
@@ -143,7 +191,7 @@ def render_report(report: InitramfsReport) -> str:
     seg_rows = [["SEGMENT", "OFFSET", "LENGTH", "FORMAT", "UNPACKED", "MEMBERS"]]
     seg_rows += [[str(s.index), str(s.offset), str(s.length), s.format.value,
                   str(s.unpacked_size), str(len(s.entries))] for s in report.segments]
-    out = f"{report.path}: {report.size} bytes, {len(report.segments)} segment(s)\n"
+    out = f"{escape(report.path)}: {report.size} bytes, {len(report.segments)} segment(s)\n"
     out += format_table(seg_rows) + render_microcode(report.microcode)
     if not report.has_list:
         return out + f"\nno {listfile.LIST_PATH}: no extensions baked in\n"

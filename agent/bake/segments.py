@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import bz2
 import enum
+import io
 import lzma
+import mmap
 import re
+import stat
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from agent import cpio
+from agent.bake.firmware import resolve_in_tree
 from agent.errors import BuildError
-from agent.tools import run
+from agent.image.unpack import ZstdStream
+
+Buffer = bytes | mmap.mmap    # a file read whole, or mapped (inspect)
 
 
 class SegmentFormat(enum.Enum):
@@ -52,14 +60,15 @@ _MAGICS: tuple[tuple[bytes, SegmentFormat], ...] = (
 _NONZERO = re.compile(rb"[^\0]")
 
 
-def detect_format(blob: bytes, pos: int) -> SegmentFormat | None:
+def detect_format(blob: Buffer, pos: int) -> SegmentFormat | None:
+    head = bytes(blob[pos:pos + 6])
     for magic, fmt in _MAGICS:
-        if blob.startswith(magic, pos):
+        if head.startswith(magic):
             return fmt
     return None
 
 
-def measure_zstd_frame(blob: bytes, pos: int, where: str) -> int:
+def measure_zstd_frame(blob: Buffer, pos: int, where: str) -> int:
     """Length of the zstd frame at `pos`, from its header and block headers."""
     def need(n: int, at: int) -> None:
         if at + n > len(blob):
@@ -84,50 +93,139 @@ def measure_zstd_frame(blob: bytes, pos: int, where: str) -> int:
     return at - pos
 
 
-def _stream(decoder: zlib._Decompress | lzma.LZMADecompressor | bz2.BZ2Decompressor,
-            blob: bytes, pos: int, fmt: SegmentFormat, where: str) -> tuple[bytes, int]:
+MAX_UNPACKED = 1 << 30   # all segments together: the kernel must hold it all in RAM
+_IN = 1 << 16            # compressed bytes per decoder call
+_OUT = 1 << 20           # decompressed bytes per decoder call
+
+
+class Chunks:
+    """`read(n)` over an iterator of chunks (exactly n bytes unless the chunks end), counting
+    what passed; past `limit` bytes in all it raises BuildError naming `where`."""
+
+    def __init__(self, chunks: Iterator[bytes], where: str, limit: int) -> None:
+        self.chunks, self.where, self.limit = chunks, where, limit
+        self.buf, self.pos, self.consumed = b"", 0, 0
+
+    def fill(self, n: int) -> None:
+        while len(self.buf) - self.pos < n:
+            more = next(self.chunks, None)
+            if more is None:
+                return
+            self.limit -= len(more)
+            if self.limit < 0:
+                raise BuildError(f"{self.where}: unpacks to more than {MAX_UNPACKED} bytes")
+            self.buf, self.pos = self.buf[self.pos:] + more, 0
+
+    def read(self, n: int) -> bytes:
+        self.fill(n)
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += len(out)
+        self.consumed += len(out)
+        return out
+
+    def skip_zeros(self) -> bool:
+        """Skip zero bytes (padding between archives); False when nothing else is left."""
+        while True:
+            self.fill(1)
+            if self.pos >= len(self.buf):
+                return False
+            rest = self.buf[self.pos:]
+            zeros = len(rest) - len(rest.lstrip(b"\0"))
+            self.pos += zeros
+            self.consumed += zeros
+            if self.pos < len(self.buf):
+                return True
+
+
+class Length:
+    """The compressed length a decoder reports once its stream has ended."""
+
+    value = 0
+
+
+Decoder = Any    # zlib's Decompress (no public type), LZMADecompressor, BZ2Decompressor
+
+
+def inflate(decoder: Decoder, blob: Buffer, pos: int, fmt: SegmentFormat, where: str,
+            length: Length) -> Iterator[bytes]:
+    """Decompressed chunks of the stream at `pos`, never more than _OUT at once."""
+    at = pos
     try:
-        data = decoder.decompress(blob[pos:])
+        while not decoder.eof:
+            tail = getattr(decoder, "unconsumed_tail", None)   # zlib's way of needs_input
+            needs = not tail if tail is not None else decoder.needs_input
+            if needs:
+                if at >= len(blob):
+                    raise BuildError(f"{where}: {fmt.value} stream at offset {pos} is truncated")
+                data, at = bytes(blob[at:at + _IN]), min(at + _IN, len(blob))
+            else:
+                data = tail or b""
+            out = decoder.decompress(data, _OUT)
+            if out:
+                yield out
     except (zlib.error, lzma.LZMAError, OSError, EOFError) as exc:
         raise BuildError(f"{where}: {fmt.value} stream at offset {pos} is corrupt: {exc}") from None
-    if not decoder.eof:
-        raise BuildError(f"{where}: {fmt.value} stream at offset {pos} is truncated")
-    return data, len(blob) - pos - len(decoder.unused_data)
+    left = len(decoder.unused_data) + len(getattr(decoder, "unconsumed_tail", b""))
+    length.value = at - pos - left
 
 
-def unpack_stream(blob: bytes, pos: int, fmt: SegmentFormat, where: str) -> tuple[bytes, int]:
-    """Decompress the stream at `pos`; return its content and its length in the file."""
-    if fmt is SegmentFormat.GZIP:
-        return _stream(zlib.decompressobj(wbits=31), blob, pos, fmt, where)
-    if fmt is SegmentFormat.XZ:
-        return _stream(lzma.LZMADecompressor(lzma.FORMAT_XZ), blob, pos, fmt, where)
-    if fmt is SegmentFormat.LZMA:
-        return _stream(lzma.LZMADecompressor(lzma.FORMAT_ALONE), blob, pos, fmt, where)
-    if fmt is SegmentFormat.BZIP2:
-        return _stream(bz2.BZ2Decompressor(), blob, pos, fmt, where)
+def through_tool(tool: str, data: bytes, label: str) -> Iterator[bytes]:
+    """Chunks from `tool -d` (zstd, lz4), fed `data`; the tool is stopped whatever happens."""
+    stream = ZstdStream(io.BytesIO(data), label, tool)
+    try:
+        while chunk := stream.read(_OUT):
+            yield chunk
+    finally:
+        stream.close()
+
+
+MAX_LINK = 4096   # PATH_MAX: a longer symlink target is no path
+
+
+def keep_links(name: str, mode: int, size: int) -> bool:
+    """A cpio.Keep holding symlink targets only: enough to walk the tree as the kernel does."""
+    return stat.S_ISLNK(mode) and size <= MAX_LINK
+
+
+def unpack_stream(blob: Buffer, pos: int, fmt: SegmentFormat, where: str,
+                  at: str) -> tuple[Iterator[bytes], Length]:
+    """The decompressed chunks of the stream at `pos`; its length in the file is set on the
+    returned Length once the chunks are exhausted."""
+    length = Length()
+    decoders: dict[SegmentFormat, Callable[[], Decoder]] = {
+        SegmentFormat.GZIP: lambda: zlib.decompressobj(wbits=31),
+        SegmentFormat.XZ: lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ),
+        SegmentFormat.LZMA: lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE),
+        SegmentFormat.BZIP2: bz2.BZ2Decompressor}
+    if fmt in decoders:
+        return inflate(decoders[fmt](), blob, pos, fmt, where, length), length
     if fmt is SegmentFormat.ZSTD:
-        length = measure_zstd_frame(blob, pos, where)
-        return run(["zstd", "-q", "-d", "-c"], input=blob[pos:pos + length],
-                   capture=True).stdout, length
-    length = len(blob) - pos
-    return run(["lz4", "-q", "-d", "-c"], input=blob[pos:], capture=True).stdout, length
+        length.value = measure_zstd_frame(blob, pos, where)
+    else:   # lz4 legacy: no end marker, the rest of the file
+        length.value = len(blob) - pos
+    return through_tool(fmt.value, bytes(blob[pos:pos + length.value]), at), length
 
 
-def read_archives(data: bytes, where: str) -> list[cpio.Entry]:
-    """Members of the concatenated newc archives in `data`, which must end on a trailer."""
+def read_archives(chunks: Chunks, at: str, keep: cpio.Keep | None) -> list[cpio.Entry]:
+    """Members of the concatenated newc archives in a stream, which must end on a trailer."""
     entries: list[cpio.Entry] = []
     try:
-        for archive in cpio.iter_archives(data):
+        while chunks.skip_zeros():
+            archive, _ = cpio.read_archive(chunks.read, chunks.consumed, keep)
             entries.extend(archive)
-    except BuildError as exc:
-        raise BuildError(f"{where}: {exc}") from None
+    except BuildError as exc:   # the archive's own problems get the place; the stream's have it
+        text = str(exc)
+        raise BuildError(f"{at}: {text}" if text.startswith("cpio:") else text) from None
     return entries
 
 
-def split_segments(blob: bytes, where: str) -> list[Segment]:
-    """Every segment of an initramfs; raise BuildError unless it ends on an archive boundary."""
+def split_segments(blob: Buffer, where: str, keep: cpio.Keep | None = None) -> list[Segment]:
+    """Every segment of an initramfs; raise BuildError unless it ends on an archive boundary.
+    Member content `keep` declines is only hashed (inspect keeps the list file alone), so
+    memory does not grow with what a segment unpacks to."""
     segments: list[Segment] = []
     pos = 0
+    budget = MAX_UNPACKED
     while (found := _NONZERO.search(blob, pos)) is not None:
         pos = found.start()
         fmt = detect_format(blob, pos)
@@ -136,25 +234,60 @@ def split_segments(blob: bytes, where: str) -> list[Segment]:
             raise BuildError(f"{where}: unknown data at offset {pos} "
                              f"(not cpio, gzip, xz, lzma, bzip2, zstd or lz4)")
         if fmt is SegmentFormat.CPIO:
+            chunks = Chunks(iter((bytes(blob[pos:]),)), at, budget)
             try:
-                members, end = cpio.read(blob, pos)
+                members, end = cpio.read_archive(chunks.read, pos, keep)
             except BuildError as exc:
                 raise BuildError(f"{at}: {exc}") from None
-            segments.append(Segment(len(segments), pos, end - pos, fmt, end - pos,
-                                    tuple(members)))
-            pos = end
+            segments.append(Segment(len(segments), pos, end, fmt, end, tuple(members)))
+            pos += end
+            budget -= end
             continue
-        data, length = unpack_stream(blob, pos, fmt, where)
-        segments.append(Segment(len(segments), pos, length, fmt, len(data),
-                                tuple(read_archives(data, at))))
-        pos += length
+        stream, length = unpack_stream(blob, pos, fmt, where, at)
+        chunks = Chunks(stream, at, budget)
+        members = read_archives(chunks, at, keep)
+        segments.append(Segment(len(segments), pos, length.value, fmt, chunks.consumed,
+                                tuple(members)))
+        pos += length.value
+        budget -= chunks.consumed
     return segments
 
 
 def merged_members(segments: list[Segment]) -> dict[str, cpio.Entry]:
-    """The tree the kernel would unpack: later members replace earlier ones of the same name."""
+    """The tree the kernel would unpack: later members replace earlier ones of the same name,
+    each name as the kernel's path walk sees it (so `extensions/../extensions.yaml`, `./x`,
+    `a//x` and `link/x` through an earlier symlink land where the kernel puts them)."""
     tree: dict[str, cpio.Entry] = {}
     for segment in segments:
         for entry in segment.entries:
-            tree[entry.name.strip("/").removeprefix("./")] = entry
+            tree[kernel_name(entry.name, tree)] = entry
     return tree
+
+
+def kernel_name(name: str, tree: dict[str, cpio.Entry]) -> str:
+    """Where the kernel creates member `name` (relative to /): `.`, `..` and empty parts
+    resolved, symlinks among the members so far followed in every folder part (the last
+    part is replaced, not followed: init/initramfs.c unlinks an entry of another type)."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts:
+        return ""
+    last = parts.pop()
+    try:
+        folder = resolve_in_tree(tree, "/".join(parts)) if parts else ""
+    except BuildError:      # a symlink loop: the kernel would not create the member at all
+        return lexical([*parts, last])
+    if last == "..":
+        return folder.rpartition("/")[0]
+    return f"{folder}/{last}" if folder else last
+
+
+def lexical(parts: list[str]) -> str:
+    """`parts` with `..` taken as written (never above the root)."""
+    kept: list[str] = []
+    for part in parts:
+        if part == "..":
+            if kept:
+                kept.pop()
+        else:
+            kept.append(part)
+    return "/".join(kept)

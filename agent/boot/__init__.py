@@ -2,7 +2,7 @@
 
 The boot-path import rule, stated once here: every module PID 1 imports
 (agent.boot.*, and agent.listfile, agent.statusfile, agent.lightjson, agent.values,
-agent.paths, agent.syscalls) imports only the interpreter's built-in and frozen modules,
+agent.paths, agent.syscalls, agent.files, agent.escape, agent.yamltext) imports only the interpreter's built-in and frozen modules,
 os, time, errno, stat, _thread, _json, _ctypes and fcntl, and other modules of that set.
 No dataclasses, enum, json, re, typing, collections, threading, subprocess, logging,
 yaml or structlog: each costs milliseconds on a host and tens of them under emulation,

@@ -22,7 +22,8 @@ from agent.boot.cmdline import DEFAULT_ROOT_WAIT, UpperSpec
 from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
 from agent.boot.workers import share_out
 from agent.errors import BootError, ListFileError
-from agent.listfile import Layer, Metadata
+from agent.files import read_regular
+from agent.listfile import Layer
 from agent.values import Value
 
 TYPE_CHECKING = False
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from agent.boot.upper import Upper
 
 MOUNT_THREADS = 3  # mounts at once; they mostly wait on the loop worker (2 to 4: alike here)
+# Console lines for layer problems; the rest go to the status only, with one line saying so:
+# a serial console prints about a hundred lines a second, and a list of a thousand bad
+# entries must not hold the boot for ten.
+MAX_PROBLEM_LINES = 20
 LOOP_BLOCK = 4096
 LIST_LAYER = "l"   # staging name of the tmpfs layer that carries /etc/extensions.yaml
 
@@ -118,6 +123,8 @@ class Activation:
         self.cands: list[Candidate] = []
         self.busy = 0.0     # seconds spent in the two halves (not the wait between them)
         self.upper: Upper | None = None
+        self.list_data = b""  # the list file's bytes, as read once
+        self.problems = 0     # layers recorded as not active
 
     def record(self, index: int, entry: Layer, phase: str, reason: str = "",
                device: str = "") -> None:
@@ -128,7 +135,9 @@ class Activation:
             description=meta.description, compatibility=meta.compatibility,
             created=self.stamp, updated=self.stamp, device=device)
         if phase != statusfile.ACTIVE:
-            report(f"extension {entry.id}: {phase}: {reason}")
+            self.problems += 1
+            if self.problems <= MAX_PROBLEM_LINES:
+                report(f"extension {entry.id}: {phase}: {reason}")
 
     def fail(self, index: int, entry: Layer, reason: str) -> None:
         self.record(index, entry, statusfile.FAILED, reason)
@@ -155,18 +164,20 @@ def load_entries(run: Activation) -> tuple[Layer, ...]:
         run.note(f"kernel command line: {run.settings.problem}; no extension activated")
         return ()
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # never a fifo, a device or a symlink; a bounded read (agent.files)
+        run.list_data = read_regular(path, listfile.MAX_LIST_BYTES)
     except FileNotFoundError:
         return ()
     except OSError as exc:
         run.note(f"{path}: cannot read: {exc.strerror}; no extension activated")
         return ()
+    doc: object = None
     try:
-        return listfile.read_list(text, path)
+        doc = listfile.load_document(listfile.decode_list(run.list_data, path), path)
+        return listfile.check_list(doc, path)
     except ListFileError as exc:
         reason = str(exc)
-    salvaged = salvage_entries(text)
+    salvaged = listfile.salvage_layers(doc)   # parsed once: YAML is slow in pure Python
     if not salvaged:
         run.note(f"{reason}; no extension activated")
     for index, entry in enumerate(salvaged):
@@ -174,24 +185,6 @@ def load_entries(run: Activation) -> tuple[Layer, ...]:
     if run.settings.strict:
         run.note(f"{reason}; every extension skipped")
     return ()
-
-
-def salvage_entries(text: str) -> list[Layer]:
-    """Best effort for a list we cannot use: its layers by image, to record them as skipped."""
-    try:
-        doc = listfile.load_document(text, "")
-    except (ListFileError, ImportError):
-        return []
-    raws = doc.get("layers") if isinstance(doc, dict) else None
-    found = []
-    for raw in raws if isinstance(raws, list) else []:
-        if isinstance(raw, dict) and isinstance(raw.get("image"), str):
-            meta = raw.get("metadata")
-            meta = meta if isinstance(meta, dict) else {}
-            found.append(Layer(raw["image"], Metadata(str(meta.get("name") or raw["image"]),
-                                                      str(meta.get("version") or "")),
-                               kind=str(raw.get("kind", ""))))
-    return found
 
 
 def skip_reason(entry: Layer, settings: ActivationSettings) -> str:
@@ -251,17 +244,18 @@ def mount_list_layer(run: Activation, staging: str, base_root: str) -> str | Non
 
     try:
         os.makedirs(staging, exist_ok=True)
+        size = max(1 << 20, 2 * len(run.list_data))   # a list may be up to 4 MiB
         syscalls.mount("oa-list", staging, "tmpfs", syscalls.MS_NODEV | syscalls.MS_NOSUID,
-                       "mode=0755,size=1m")
+                       f"mode=0755,size={size}")
     except OSError as exc:
         run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: tmpfs: {exc.strerror}")
         return None
     try:
         os.mkdir(os.path.join(staging, "etc"), 0o755)
         if run.mounted:
-            with open(run.settings.list_path, "rb") as src, open(
-                    os.path.join(staging, listfile.BOUND_LIST_PATH.lstrip("/")), "xb") as dst:
-                dst.write(src.read())
+            # the bytes read and checked at the start, not whatever the path holds now
+            with open(os.path.join(staging, listfile.BOUND_LIST_PATH.lstrip("/")), "xb") as dst:
+                dst.write(run.list_data)
         fstabview.write_view(base_root, staging, run.upper is not None)
     except OSError as exc:
         unmount_staging([(-1, staging)])
@@ -396,6 +390,9 @@ def activate_extensions(base_root: str, target: str, settings: ActivationSetting
 
 def save_run_status(run: Activation, root: str, api: str) -> None:
     settings = run.settings
+    if run.problems > MAX_PROBLEM_LINES:
+        report(f"{run.problems - MAX_PROBLEM_LINES} more extensions not active, not shown "
+               f"here: see {settings.status_path}")
     save_status(settings.status_path, statusfile.boot_doc(
         extensions=[run.records[i] for i in sorted(run.records)], root=root,
         overlay=api, notes=run.notes, disabled=settings.disable, strict=settings.strict,

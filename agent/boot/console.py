@@ -12,6 +12,7 @@ import time
 
 from agent import syscalls
 from agent.boot.layout import CONSOLE, KMSG
+from agent.escape import escape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def to_kmsg(message: str, level: int = KERN_INFO) -> None:
 
 def say(message: str, *, quiet: bool = False, level: int = KERN_INFO) -> None:
     """One line `overlay-agent: message` on stdout (the console) and in the kernel log."""
+    message = escape(message)
     if not quiet:
         try:
             print(f"{TAG}: {message}", flush=True)
@@ -73,7 +75,8 @@ def fatal(reason: str, *, panic: int = 0, exc: BaseException | None = None,
         text = format_traceback(exc)
         if not _write(CONSOLE, text.encode(errors="replace")):
             print(text, file=sys.stderr)
-    line = fatal_line(" ".join(reason.split()))
+    reason = escape(" ".join(reason.split()))
+    line = fatal_line(reason)
     if not _write(CONSOLE, (line + "\n").encode(errors="replace")):
         print(line, file=sys.stderr, flush=True)
     to_kmsg(f"fatal: {reason}", KERN_CRIT)

@@ -27,6 +27,8 @@ _INFO64 = struct.Struct("=5Q4I64s64s32s2Q")
 _CONFIG = struct.Struct(f"=II{_INFO64.size}s64x")
 LOOP_CONTROL = "/dev/loop-control"
 MAX_BUSY_RETRIES = 64
+# an ioctl through ctypes is not retried by Python (PEP 475 covers os.* only)
+RETRY_ERRNOS = (errno.EINTR, errno.EAGAIN)
 
 
 class LoopDevice:
@@ -72,22 +74,31 @@ def attach_readonly(backing_fd: int, backing: str, block_size: int = 0) -> LoopD
     means someone won, so ask for another one.
     """
     ctl = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+    last = OSError(errno.EBUSY, os.strerror(errno.EBUSY))
     try:
         for _ in range(MAX_BUSY_RETRIES):
-            number = syscalls.ioctl(ctl, LOOP_CTL_GET_FREE, 0, path=LOOP_CONTROL)
+            try:
+                number = syscalls.ioctl(ctl, LOOP_CTL_GET_FREE, 0, path=LOOP_CONTROL)
+            except OSError as exc:
+                if exc.errno not in RETRY_ERRNOS:
+                    raise
+                last = exc
+                continue
             dev = f"/dev/loop{number}"
             loop_fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 configure(loop_fd, backing_fd, backing, dev, block_size)
             except OSError as exc:
                 os.close(loop_fd)
-                if exc.errno == errno.EBUSY:
+                if exc.errno == errno.EBUSY or exc.errno in RETRY_ERRNOS:
+                    last = exc
                     continue
                 raise
             return LoopDevice(number=number, path=dev, fd=loop_fd)
     finally:
         os.close(ctl)
-    raise OSError(errno.EBUSY, f"no free loop device after {MAX_BUSY_RETRIES} tries", backing)
+    raise OSError(last.errno, f"no loop device after {MAX_BUSY_RETRIES} tries "
+                  f"({last.strerror})", backing)
 
 
 def configure(loop_fd: int, backing_fd: int, backing: str, dev: str, block_size: int = 0,

@@ -101,7 +101,9 @@ def boot(timer: StepTimer) -> NoReturn:
             for note in params.notes:
                 say(note, quiet=params.quiet)
             checks = timer.run("verify", verify_extensions, params)
-            timer.run("modules", load_modules)
+            modules = timer.run("modules", load_modules)
+            for problem in modules.failed:   # recorded in the status; fatal only if strict
+                checks.note(problem)
             root = timer.run("root", mount_root, params, BASE_ROOT, undo)
             say(f"root {root.source} ({root.fstype}) mounted read-only", quiet=params.quiet)
             newroot = timer.run("extensions", finish_activation, checks, BASE_ROOT, SYSROOT)

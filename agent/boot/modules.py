@@ -13,8 +13,19 @@ import os
 from agent import syscalls
 from agent.boot.layout import MODULES_LOAD
 from agent.errors import BootError
+from agent.values import Value
 
 COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
+
+
+class ModulesReport(Value):
+    __slots__ = ("already", "failed", "loaded")
+    loaded: int
+    already: int
+    failed: tuple[str, ...]   # one line per module that could not be loaded
+
+    def __init__(self, loaded: int, already: int, failed: tuple[str, ...] = ()) -> None:
+        self._set(loaded=loaded, already=already, failed=tuple(failed))
 
 
 def read_module_list(path: str = MODULES_LOAD) -> list[str]:
@@ -47,6 +58,18 @@ def load_module(path: str) -> bool:
     return True
 
 
-def load_modules(list_path: str = MODULES_LOAD) -> None:
+def load_modules(list_path: str = MODULES_LOAD) -> ModulesReport:
+    """Load every listed module; one that is missing or refused is reported, not fatal:
+    the root may not need it (a missing loop module costs the extensions, recorded each),
+    and when it does, mounting the root fails with its own line."""
+    loaded = already = 0
+    failed = []
     for path in read_module_list(list_path):
-        load_module(path)
+        try:
+            if load_module(path):
+                loaded += 1
+            else:
+                already += 1
+        except BootError as exc:
+            failed.append(str(exc))
+    return ModulesReport(loaded, already, tuple(failed))

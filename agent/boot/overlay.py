@@ -36,9 +36,14 @@ def choose_api(lowers: list[str], upper: tuple[str, str] | None = None) -> str:
 
 
 def mount_overlay(lowers: list[str], target: str, upper: tuple[str, str] | None = None) -> str:
-    """Mount `lowers` (topmost first, as overlayfs reads them) at `target`: read-only, or
-    writable over `upper` = (upperdir, workdir); return the API used
-    (statusfile.API_MOUNT or API_FSCONFIG)."""
+    """Mount `lowers` (topmost first, as overlayfs reads them) nodev at `target`: read-only,
+    or writable over `upper` = (upperdir, workdir); return the API used
+    (statusfile.API_MOUNT or API_FSCONFIG).
+
+    nodev: a device node an extension ships must not open through the new root (the
+    squashfs staging mounts are nodev, but opening goes by the overlay's own mount). The
+    running system's /dev is the devtmpfs moved in from the initramfs, a mount of its own,
+    so nodev on / takes nothing from it (systemd-sysext mounts its overlay nodev too)."""
     from agent import syscalls  # ctypes: loaded only once something is mounted
 
     if len(lowers) > KERNEL_MAX_LOWER:
@@ -46,7 +51,7 @@ def mount_overlay(lowers: list[str], target: str, upper: tuple[str, str] | None 
                       f"{KERNEL_MAX_LOWER}", target)
     api = choose_api(lowers, upper)
     if api == API_MOUNT:
-        flags = syscalls.MS_RDONLY if upper is None else 0
+        flags = syscalls.MS_NODEV | (syscalls.MS_RDONLY if upper is None else 0)
         syscalls.mount("overlay", target, "overlay", flags, lowerdir_option(lowers, upper))
     else:
         mount_overlay_fsconfig(lowers, target, upper)
@@ -76,7 +81,8 @@ def mount_overlay_fsconfig(lowers: list[str], target: str,
             syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, "workdir", upper[1])
         syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_CMD_CREATE)
         mnt_fd = syscalls.fsmount(fs_fd, syscalls.FSMOUNT_CLOEXEC,
-                                  syscalls.MOUNT_ATTR_RDONLY if upper is None else 0)
+                                  syscalls.MOUNT_ATTR_NODEV
+                                  | (syscalls.MOUNT_ATTR_RDONLY if upper is None else 0))
         try:
             syscalls.move_mount(mnt_fd, target)
         finally:

@@ -9,9 +9,11 @@ threads really run in parallel.
 from __future__ import annotations
 
 import _thread
+import errno
 import os
 
 from agent.boot.workers import share_out
+from agent.files import open_regular
 from agent.listfile import Layer
 
 TYPE_CHECKING = False
@@ -60,14 +62,14 @@ class Candidate:
 
 
 def open_candidate(cand: Candidate) -> None:
-    """Open the image and check its size (cheap, before any hashing starts)."""
+    """Open the image and check its size (cheap, before any hashing starts): a regular
+    file, not through a final symlink, never blocking on a fifo (agent.files)."""
     try:
-        cand.fd = os.open(cand.path, os.O_RDONLY | os.O_CLOEXEC)
+        cand.fd, cand.size = open_regular(cand.path, size=cand.entry.size)
     except OSError as exc:
-        raise LayerFailed(f"cannot open {cand.path}: {exc.strerror}") from None
-    cand.size = size = os.fstat(cand.fd).st_size
-    if cand.entry.size >= 0 and size != cand.entry.size:
-        raise LayerFailed(f"{cand.path}: size {size} bytes, the list says {cand.entry.size}")
+        if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM):
+            raise LayerFailed(f"cannot open {cand.path}: {exc.strerror}") from None
+        raise LayerFailed(f"{cand.path}: {exc.strerror}") from None
 
 
 def sha256_constructor(total: int) -> Callable[[], Any]:

@@ -11,10 +11,13 @@ import os
 import sys
 
 from agent.errors import BootError, UsageError
+from agent.escape import escape
+from agent.files import read_regular
 from agent.listfile import IMAGES_DIR, LIST_PATH
 from agent.statusfile import STATUS_PATH
 
 CMDLINE = "/proc/cmdline"
+MAX_CMDLINE = 1 << 16    # the kernel's COMMAND_LINE_SIZE is at most a few KiB
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
     try:
-        with open(args.cmdline, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        # /proc/cmdline, or a file the tests name: never a fifo to block on
+        text = read_regular(args.cmdline, MAX_CMDLINE, follow=True).decode(errors="replace")
     except OSError as exc:
         raise UsageError(f"--cmdline {args.cmdline}: {exc.strerror}") from None
     # keys that are not ours belong to the initramfs that mounted the root: only an
@@ -57,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # never brick: exit 1 (the script's panic) only under strict
         if settings.strict:
             raise BootError(describe(exc)) from None
-        print(f"overlay-agent: {describe(exc)}; booting the bare root", file=sys.stderr)
+        print(f"overlay-agent: {escape(describe(exc))}; booting the bare root", file=sys.stderr)
     return 0

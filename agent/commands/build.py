@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands.options import add_fetch_arguments, fetch_options, size_type
+from agent.escape import escape
 
 
 def register(subparsers: Any) -> None:
@@ -52,13 +53,13 @@ def run_build(args: argparse.Namespace) -> int:
         compression=Compression(args.compression), max_size=args.max_size,
         kernel_release=args.kernel_release, fetch=fetch_options(args),
         policy=args.policy, epoch=source_date_epoch(), jobs=args.jobs)
-    progress = (lambda line: print(line, file=sys.stderr, flush=True)) \
+    progress = (lambda line: print(escape(line), file=sys.stderr, flush=True)) \
         if sys.stderr.isatty() else None
     result = bake_initramfs(request, progress)
-    print(f"{result.output}: {result.output_size} bytes ({result.input_size} input + "
+    print(f"{escape(str(result.output))}: {result.output_size} bytes ({result.input_size} input + "
           f"{result.output_size - result.input_size} extensions), "
           f"{len(result.layers)} layer(s)")
     for layer in result.layers:
-        print(f"  {layer.image}  {layer.metadata.name} {layer.metadata.version}  "
+        print(f"  {layer.image}  {escape(layer.metadata.name)} {escape(layer.metadata.version)}  "
               f"{layer.size} bytes  sha256:{layer.sha256}")
     return 0

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from agent.escape import escape, escape_json
 from agent.statusfile import (
     ACTIVE,
     STATUS_PATH,
@@ -53,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.output]
     sys.stdout.write(render(status, node))
     for note in status.notes:   # problems not tied to one layer (list file, overlay, upper)
-        print(f"overlay-agent: {note}", file=sys.stderr)
+        print(f"overlay-agent: {escape(note)}", file=sys.stderr)
     if status.upper is not None and status.upper.shadowed_count:
         line = shadow_line(status.upper.shadowed_count, status.upper.shadowed)
-        print(f"overlay-agent: {line}", file=sys.stderr)
+        print(f"overlay-agent: {escape(line)}", file=sys.stderr)
     return 0
 
 
@@ -113,7 +114,9 @@ def render_table(status: BootStatus, node: str) -> str:
     rows = [HEADER + (EXTRA if extra else ())]
     for e in status.extensions:
         row = (node, NAMESPACE, TYPE_SHORT, e.id, str(RESOURCE_VERSION), e.name, e.version)
-        rows.append(row + ((e.phase, e.reason) if extra else ()))
+        # escaped: a newline in a name or version must not forge a row (the journal logs it)
+        rows.append(tuple(escape(cell) for cell in row + ((e.phase, e.reason) if extra
+                                                          else ())))
     widths = [max(len(r[c]) for r in rows) + PAD for c in range(len(rows[0]) - 1)]
     return "".join(("".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False))
                     + r[-1]).rstrip() + "\n" for r in rows)
@@ -121,7 +124,8 @@ def render_table(status: BootStatus, node: str) -> str:
 
 def render_json(status: BootStatus, node: str) -> str:
     """One JSON object per extension, then the writable root's; one per line."""
-    return "".join(json.dumps(res, ensure_ascii=False) + "\n" for res in resources(status, node))
+    return "".join(escape_json(json.dumps(res, ensure_ascii=False)) + "\n"
+                   for res in resources(status, node))
 
 
 def render_yaml(status: BootStatus, node: str) -> str:

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from agent.escape import escape
+
 FORMATS = ("oci-archive", "docker-archive")  # agent.image.pack.PackFormat values (tested)
 
 
@@ -33,5 +35,5 @@ def run_pack(args: argparse.Namespace) -> int:
     options = PackOptions(PackFormat(args.format), args.tag, args.arch, source_date_epoch(),
                           ValidateOptions(args.os_version, None, policy))
     digest = pack_extension(args.folder, args.output, options)
-    print(f"{args.output}: {digest}")
+    print(f"{escape(str(args.output))}: {digest}")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands.options import add_fetch_arguments, fetch_options
+from agent.escape import escape
 
 # The image modules (tarfile, lzma, bz2...) are imported when a command runs, not when the
 # parser is built: the booted system's `overlay-agent get` must not carry them.
@@ -51,7 +52,7 @@ def run_validate(args: argparse.Namespace) -> int:
         }, indent=2))
     else:
         for problem in problems:
-            print(problem)
+            print(escape(str(problem)))
         if not problems:
             print(f"{len(exts)} extension(s) valid")
     return 1 if problems else 0

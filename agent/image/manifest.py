@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import yamltext
+from agent.escape import clip
 from agent.image.versions import VersionRange, VersionRangeError, parse_range
-from agent.listfile import Metadata
+from agent.listfile import MAX_TEXT, Metadata
 
 MANIFEST = "manifest.yaml"
 MANIFEST_VERSION = "v1alpha1"
@@ -35,16 +37,8 @@ class Manifest:
     problems: tuple[str, ...]                # "reason" texts, all about manifest.yaml
 
 
-def yaml_error_where(exc: Exception) -> str:
-    """' at line N' for a YAML error that knows its position, else ''."""
-    mark = getattr(exc, "problem_mark", None)
-    return f" at line {mark.line + 1}" if mark is not None else ""
-
-
 def load_manifest(root: Path) -> Manifest:
     """Read ROOT/manifest.yaml; never raises for bad content."""
-    import yaml
-
     try:
         # O_NOFOLLOW: a manifest.yaml symlink must not make us read (and quote) a host file
         fd = os.open(root / MANIFEST,
@@ -63,9 +57,9 @@ def load_manifest(root: Path) -> Manifest:
     if len(text) > MAX_MANIFEST:
         return Manifest(None, None, (f"larger than {MAX_MANIFEST} bytes",))
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        return Manifest(None, None, (f"not valid YAML{yaml_error_where(exc)}",))
+        doc = yamltext.load(text)
+    except yamltext.YamlError as exc:
+        return Manifest(None, None, (str(exc),))
     return check_manifest(doc)
 
 
@@ -90,6 +84,8 @@ def check_manifest(doc: Any) -> Manifest:
             problems.append(f"metadata.{key}: missing")
         elif not isinstance(value, str):
             problems.append(f"metadata.{key}: not a string (quote it in YAML)")
+        elif len(value) > MAX_TEXT:   # the list file at boot takes no more
+            problems.append(f"metadata.{key}: over {MAX_TEXT} characters")
     name = meta.get("name")
     if isinstance(name, str) and name and not NAME_RE.fullmatch(name):
         problems.append(f"metadata.name: {name!r} may hold only lowercase letters, digits, "
@@ -130,4 +126,4 @@ def parse_compatibility(compat: Any) -> tuple[VersionRange | None, list[str]]:
     try:
         return parse_range(text), problems
     except VersionRangeError as exc:
-        return None, [*problems, f"{RANGE_KEY}: bad version range {text!r}: {exc}"]
+        return None, [*problems, f"{RANGE_KEY}: bad version range {clip(text)!r}: {exc}"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tarfile
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from agent.errors import SourceError
+from agent.files import open_regular
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -70,9 +72,11 @@ class DirStore:
 
     def open(self, member: str) -> IO[bytes]:
         try:
-            return open(self.path / member, "rb")
+            # a regular file only: a blob that is a fifo or a link to /dev/zero never ends
+            fd, _ = open_regular(str(self.path / member), follow=True)
         except OSError as exc:
             raise SourceError(f"{self.where}: cannot read {member}: {exc.strerror}") from None
+        return os.fdopen(fd, "rb")
 
 
 @dataclass(frozen=True)
@@ -109,17 +113,20 @@ def blob_member(where: str, digest: str) -> str:
     return "blobs/sha256/" + digest.split(":", 1)[1]
 
 
-def sha256_of(stream: IO[bytes]) -> tuple[str, int]:
+def sha256_of(stream: IO[bytes], limit: int = -1) -> tuple[str, int]:
+    """Digest and size; reading stops one chunk past `limit` bytes (when >= 0)."""
     h, size = hashlib.sha256(), 0
     while chunk := stream.read(_CHUNK):
         h.update(chunk)
         size += len(chunk)
+        if 0 <= limit < size:
+            break
     return "sha256:" + h.hexdigest(), size
 
 
 def verify_blob(store: Store, desc: Descriptor) -> None:
     with store.open(blob_member(store.where, desc.digest)) as f:
-        digest, size = sha256_of(f)
+        digest, size = sha256_of(f, desc.size)
     if digest != desc.digest or (desc.size >= 0 and size != desc.size):
         raise SourceError(f"{store.where}: blob {desc.short} does not match its digest "
                           f"(got {digest[:19]}, {size} bytes)")
@@ -136,7 +143,7 @@ def read_json(store: Store, member: str, what: str) -> Any:
 def parse_json(where: str, data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise SourceError(f"{where}: {what} is not valid JSON") from None
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import yamltext
 from agent.errors import UsageError, ValidationFailed
-from agent.image.manifest import yaml_error_where
+from agent.files import read_regular
 
 # Talos's allowed paths: v1.0-v1.1, v1.2 and later additions (split /usr), then the current
 # merged-/usr list (since v1.10). Their union serves both layouts.
@@ -49,6 +50,7 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
+MAX_POLICY = 1 << 20
 _KEYS = ("allowed_paths", "allow_setuid", "duplicate_files")
 
 
@@ -90,16 +92,16 @@ def check_policy(doc: Any, where: str) -> tuple[Policy | None, list[str]]:
 
 def load_policy(path: Path) -> Policy:
     """Read a policy file; raise UsageError if unreadable, ValidationFailed listing every problem."""
-    import yaml
-
     try:
-        text = path.read_text()
+        text = read_regular(str(path), MAX_POLICY, follow=True).decode()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read policy file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: policy file is not UTF-8 text (byte {exc.start})") from None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: policy file is not valid YAML{yaml_error_where(exc)}") from None
+        doc = yamltext.load(text)
+    except yamltext.YamlError as exc:
+        raise UsageError(f"{path}: policy file: {exc}") from None
     policy, problems = check_policy(doc, str(path))
     if policy is None:
         raise ValidationFailed(problems)

@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import IO
 
 from agent.errors import ToolError, UnpackError
+from agent.escape import clip
 from agent.tools import start
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 MAX_SYMLINK_HOPS = 40
+# Far deeper than any real tree; keeps every walk (ours, rmtree's recursion, mksquashfs)
+# short and every path well under PATH_MAX.
+MAX_DEPTH = 256
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -70,37 +74,69 @@ class LayerState:
     created: set[str] = field(default_factory=set)
     dir_modes: dict[str, int] = field(default_factory=dict)
     size: int = 0
+    # member folder ("a/b") -> its real components under root, for folders this layer has
+    # resolved: each member then costs one lookup, not a walk of every component (a deep
+    # tree would be cubic in its depth). Any removal clears it.
+    dirs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def refuse(self, member: str, reason: str) -> UnpackError:
-        return UnpackError(f"{self.label}: member {member!r}: {reason}")
+        return UnpackError(f"{self.label}: member {clip(member, 200)!r}: {reason}")
 
 
 def member_parts(state: LayerState, name: str) -> list[str]:
     """Split a member name into components; refuse absolute names and `..`."""
     if name.startswith("/"):
         raise state.refuse(name, "absolute member names are not allowed")
+    if "\0" in name:      # a PAX path can carry one; no file system name can
+        raise state.refuse(name, "NUL bytes are not allowed in a name")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise state.refuse(name, "'..' components are not allowed")
+    if len(parts) > MAX_DEPTH:
+        raise state.refuse(name, f"deeper than {MAX_DEPTH} levels")
     return parts
 
 
 def resolve_dir(state: LayerState, member: str, parts: list[str], create: bool) -> str | None:
     """The real path of folder `parts` inside the staging root, following only symlinks that
     stay inside it; create missing folders when `create`, else return None for a missing one."""
-    stack: list[str] = []
-    todo = list(parts)
+    stack = resolve_stack(state, member, parts, create)
+    return None if stack is None else state.root + "".join(f"/{c}" for c in stack)
+
+
+def resolve_stack(state: LayerState, member: str, parts: list[str],
+                  create: bool) -> tuple[str, ...] | None:
+    """resolve_dir's real components, from the longest folder of `parts` already resolved."""
+    start, stack = 0, []
+    for n in range(len(parts), 0, -1):
+        known = state.dirs.get("/".join(parts[:n]))
+        if known is not None:
+            start, stack = n, list(known)
+            break
+    # real path of each prefix of `stack` (os.path.join over a deep stack is slow Python)
+    reals = [state.root]
+    for comp in stack:
+        reals.append(f"{reals[-1]}/{comp}")
+    key = "/".join(parts[:start])
+    todo = parts[start:][::-1]       # reversed: pop() takes the next component
+    lexical = len(todo)              # components still taken as written (no symlink yet)
     hops = 0
     while todo:
-        comp = todo.pop(0)
+        comp = todo.pop()
+        if len(todo) < lexical:
+            lexical = len(todo)
+            key = f"{key}/{comp}" if key else comp
+        else:
+            key = ""
         if comp in ("", "."):
             continue
         if comp == "..":
             if not stack:
                 raise state.refuse(member, "path leads outside the staging folder")
             stack.pop()
+            reals.pop()
             continue
-        here = os.path.join(state.root, *stack, comp)
+        here = f"{reals[-1]}/{comp}"
         try:
             st = os.lstat(here)
         except FileNotFoundError:
@@ -109,6 +145,8 @@ def resolve_dir(state: LayerState, member: str, parts: list[str], create: bool) 
             os.mkdir(here, 0o755)
             state.created.add(here)
             stack.append(comp)
+            reals.append(here)
+            remember(state, key, stack)
             continue
         if stat.S_ISLNK(st.st_mode):
             hops += 1
@@ -119,7 +157,8 @@ def resolve_dir(state: LayerState, member: str, parts: list[str], create: bool) 
                 shown = "/".join([*stack, comp])
                 raise state.refuse(member, f"writes through symlink {shown!r} -> {target!r}, "
                                            "which points outside the staging folder")
-            todo = target.split("/") + todo
+            todo.extend(target.split("/")[::-1])
+            lexical = -1            # the rest no longer spells a prefix of `parts`
             continue
         if not stat.S_ISDIR(st.st_mode):
             if not create:
@@ -128,7 +167,14 @@ def resolve_dir(state: LayerState, member: str, parts: list[str], create: bool) 
             os.mkdir(here, 0o755)
             state.created.add(here)
         stack.append(comp)
-    return os.path.join(state.root, *stack)
+        reals.append(here)
+        remember(state, key, stack)
+    return tuple(stack)
+
+
+def remember(state: LayerState, key: str, stack: list[str]) -> None:
+    if key:
+        state.dirs[key] = tuple(stack)
 
 
 def climbs_above_root(depth: int, target: str) -> bool:
@@ -154,6 +200,7 @@ def remove_entry(path: str) -> None:
 
 def apply_whiteout(state: LayerState, member: str, parts: list[str]) -> None:
     folder = resolve_dir(state, member, parts[:-1], create=parts[-1] == OPAQUE)
+    state.dirs.clear()
     if folder is None:
         return
     if parts[-1] == OPAQUE:
@@ -170,7 +217,7 @@ def apply_whiteout(state: LayerState, member: str, parts: list[str]) -> None:
         remove_entry(path)
 
 
-def clear_final(path: str, keep_dir: bool) -> None:
+def clear_final(state: LayerState, path: str, keep_dir: bool) -> None:
     """Make room for a new entry; a folder stays when the new entry is a folder too."""
     try:
         st = os.lstat(path)
@@ -178,6 +225,7 @@ def clear_final(path: str, keep_dir: bool) -> None:
         return
     if keep_dir and stat.S_ISDIR(st.st_mode):
         return
+    state.dirs.clear()
     remove_entry(path)
 
 
@@ -223,17 +271,22 @@ def unpack_member(state: LayerState, tf: tarfile.TarFile, member: tarfile.TarInf
         raise state.refuse(member.name, "fifos are not allowed")
     if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
         raise state.refuse(member.name, f"unsupported member type {member.type!r}")
+    if "\0" in member.linkname:
+        raise state.refuse(member.name, "NUL bytes are not allowed in a link target")
     if parts[-1].startswith(WHITEOUT):
         apply_whiteout(state, member.name, parts)
         return
     folder = resolve_dir(state, member.name, parts[:-1], create=True)
     assert folder is not None
     path = os.path.join(folder, parts[-1])
-    clear_final(path, keep_dir=member.isdir())
+    clear_final(state, path, keep_dir=member.isdir())
     if member.isdir():
         if not os.path.lexists(path):
             os.mkdir(path, 0o755)
         state.dir_modes[path] = member.mode & 0o7777
+        known = state.dirs.get("/".join(parts[:-1]))
+        if known is not None:
+            state.dirs["/".join(parts)] = (*known, parts[-1])
     elif member.isreg():
         write_file(state, member, tf.extractfile(member), path)
     elif member.issym():
@@ -244,15 +297,16 @@ def unpack_member(state: LayerState, tf: tarfile.TarFile, member: tarfile.TarInf
 
 
 class ZstdStream:
-    """The decompressed bytes of a zstd stream, through `zstd -d`; a thread feeds it `raw`
-    (which may be a member of an archive, without a file descriptor of its own)."""
+    """The decompressed bytes of a zstd (or, with `tool`, lz4) stream, through the tool; a
+    thread feeds it `raw` (which may be a member of an archive, without a file descriptor
+    of its own). Memory stays bounded: the reader takes what it needs, chunk by chunk."""
 
-    def __init__(self, raw: IO[bytes], label: str) -> None:
-        self.label = label
+    def __init__(self, raw: IO[bytes], label: str, tool: str = "zstd") -> None:
+        self.label, self.tool = label, tool
         try:
-            self.proc = start(["zstd", "-d", "-c", "-q"])
+            self.proc = start([tool, "-d", "-c", "-q"])
         except ToolError as exc:
-            raise UnpackError(f"{label}: zstd-compressed layer: {exc}") from None
+            raise UnpackError(f"{label}: {tool}-compressed data: {exc}") from None
         self.feeder = threading.Thread(target=self.feed, args=(raw,), daemon=True)
         self.feeder.start()
 
@@ -278,7 +332,7 @@ class ZstdStream:
             lines = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
             why = (lines[-1].removeprefix("zstd: ").removeprefix("/*stdin*\\ : ").strip()
                    if lines else f"exit status {self.proc.returncode}")
-            raise UnpackError(f"{self.label}: not a valid zstd stream: {why}")
+            raise UnpackError(f"{self.label}: not a valid {self.tool} stream: {why}")
         return data
 
     def close(self) -> None:

@@ -12,12 +12,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.escape import clip
+
 _VERSION = re.compile(r"v?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
 _CONSTRAINT = re.compile(r"\s*(>=|<=|!=|~>|=|>|<)?\s*(v?\d\S*)\s*")
 _OPS: dict[str, Callable[[tuple[int, ...], tuple[int, ...]], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
     "=": operator.eq, "!=": operator.ne,
 }
+
+
+MAX_DIGITS = 18     # per component: fits 64 bits, far below Python's int digit limit
 
 
 class VersionRangeError(ValueError):
@@ -69,8 +74,11 @@ def parse_version(text: str) -> Version:
     """Parse `v1.2.3`, `1.2`, `12`, `1.10.0-alpha.1`; raise VersionRangeError."""
     m = _VERSION.fullmatch(text.strip())
     if m is None:
-        raise VersionRangeError(f"{text!r} is not a version")
-    return Version(tuple(int(n) for n in m.group(1).split(".")), m.group(2) is not None)
+        raise VersionRangeError(f"{clip(text)!r} is not a version")
+    numbers = m.group(1).split(".")
+    if any(len(n) > MAX_DIGITS for n in numbers):
+        raise VersionRangeError(f"a number has more than {MAX_DIGITS} digits")
+    return Version(tuple(int(n) for n in numbers), m.group(2) is not None)
 
 
 def parse_range(text: str) -> VersionRange:
@@ -81,10 +89,10 @@ def parse_range(text: str) -> VersionRange:
     for part in text.split(","):
         m = _CONSTRAINT.fullmatch(part)
         if m is None:
-            raise VersionRangeError(f"cannot parse constraint {part.strip()!r}")
+            raise VersionRangeError(f"cannot parse constraint {clip(part.strip())!r}")
         op = m.group(1) or "="
         version = parse_version(m.group(2))
         if op == "~>" and len(version.numbers) < 2:
-            raise VersionRangeError(f"'~>' needs at least major.minor in {part.strip()!r}")
+            raise VersionRangeError(f"'~>' needs at least major.minor in {clip(part.strip())!r}")
         constraints.append(Constraint(op, version))
     return VersionRange(text, tuple(constraints))

@@ -162,7 +162,7 @@ def _doc(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("doc", "message"), [
     ([], "F: top level is not an object"),
     (_doc(schema=2), "F: unknown status schema 2"),
-    (_doc(overlay="magic", notes={}), "F: unknown overlay 'magic'; F: notes is not a list"),
+    (_doc(overlay="magic", notes={}), "F: unknown overlay 'magic'; F: notes is not a list of strings"),
     (_doc(extensions={}), "F: extensions is not a list"),
     (_doc(ext_id=3, ext_index="0", ext_phase="running", ext_compatibility=[]),
      "F: extensions[0]: id is not a string; F: extensions[0]: index is not an integer; "

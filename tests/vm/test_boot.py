@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from agent.bake.segments import merged_members, split_segments
 from devtools.images import EXT4_UUID, GPT_ROOT_LABEL, Machine, gpt_disk
 from devtools.qemu import BootResult
 
@@ -76,12 +77,19 @@ def test_e_init_missing(machine: Machine) -> None:
     assert_fatal(result, "init=/nonexistent: not found in the new root")
 
 
-def test_f_missing_module_file(machine: Machine) -> None:
-    initrd = machine.initrd_overriding(
-        "f", {"/etc/overlay-agent/modules.load": b"/lib/modules/none/gone.ko\n"}, with_root=True)
-    result = machine.boot("f", "panic=-1", with_root=True, initrd=initrd)
-    assert_fatal(result, "kernel module /lib/modules/none/gone.ko: No such file or directory",
-                 panic=-1)
+def test_f_missing_and_failing_modules_still_boot(machine: Machine, token: str) -> None:
+    """A module missing, or refused by the kernel, is one line each: the root needs neither."""
+    members = merged_members(split_segments(machine.initrd_with_root.read_bytes(), "initrd"))
+    listing = members["etc/overlay-agent/modules.load"].content()
+    initrd = machine.initrd_overriding("f", {
+        "/etc/overlay-agent/modules.load":
+            listing + b"/lib/modules/none/gone.ko\n/etc/overlay-agent/bad.ko\n",
+        "/etc/overlay-agent/bad.ko": b"not an ELF module\n"}, with_root=True)
+    result = machine.boot("f", "panic=-1", with_root=True, initrd=initrd, token=token)
+    assert_booted(result, token, "root /rootfs.sqsh (squashfs) mounted read-only")
+    assert ("overlay-agent: kernel module /lib/modules/none/gone.ko: No such file or "
+            "directory") in result.output
+    assert "overlay-agent: kernel module /etc/overlay-agent/bad.ko: Exec format error" in result.output
 
 
 def test_g_garbage_root_image(machine: Machine) -> None:

@@ -163,4 +163,4 @@ def test_unreadable_policy_is_one_line(tmp_path: Path) -> None:
                              "No such file or directory"
     with pytest.raises(UsageError) as exc:
         load_policy(write(tmp_path, "a: [\n"))
-    assert str(exc.value) == f"{tmp_path}/policy.yaml: policy file is not valid YAML at line 2"
+    assert str(exc.value) == f"{tmp_path}/policy.yaml: policy file: not valid YAML at line 2"
