@@ -23,6 +23,7 @@ class ImageState(enum.Enum):
     MISMATCH = "mismatch"     # size or sha256 differ from the list
     MISSING = "missing"       # listed, not in the archive
     UNCHECKED = "unchecked"   # a Talos-written list carries no sha256
+    STORE = "store"           # kept in a store on disk, not in the initramfs
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,14 @@ class InitramfsReport:
 
     @property
     def all_match(self) -> bool:
-        return all(r.state in (ImageState.OK, ImageState.UNCHECKED) for r in self.layers)
+        return all(r.state in (ImageState.OK, ImageState.UNCHECKED, ImageState.STORE)
+                   for r in self.layers)
 
 
 def check_image(index: int, layer: listfile.Layer, data: bytes | None) -> LayerReport:
     if data is None:
-        return LayerReport(index, layer, -1, "", ImageState.MISSING)
+        return LayerReport(index, layer, -1, "",
+                           ImageState.STORE if layer.store else ImageState.MISSING)
     digest = hashlib.sha256(data).hexdigest()
     if not layer.sha256:
         state = ImageState.UNCHECKED if layer.size in (-1, len(data)) else ImageState.MISMATCH
