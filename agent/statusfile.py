@@ -24,6 +24,11 @@ API_NONE = "none"          # no layer active: the bare root
 API_MOUNT = "mount"        # mount(2), the option string fits a page
 API_FSCONFIG = "fsconfig"  # fsopen/fsconfig lowerdir+ (Linux 6.8+)
 OVERLAY_APIS = (API_NONE, API_MOUNT, API_FSCONFIG)
+# the check a layer went through at boot
+CHECK_VERITY = "verity"    # dm-verity: each block checked against the hash tree when read
+CHECK_SHA256 = "sha256"    # the whole image hashed before the mount
+CHECK_NONE = "none"        # no check (a Talos-written list, or the layer never got that far)
+CHECKS = (CHECK_VERITY, CHECK_SHA256, CHECK_NONE)
 
 
 def utc_now() -> str:
@@ -35,12 +40,14 @@ def utc_now() -> str:
 def extension_doc(*, index: int, image: str, kind: str, name: str, version: str, phase: str,
                   reason: str, author: str, description: str,
                   compatibility: dict[str, object], created: str,
-                  updated: str) -> dict[str, object]:
-    """One layer's record; `id` is the image name without .sqsh, as Talos shows it."""
+                  updated: str, check: str = CHECK_NONE, device: str = "") -> dict[str, object]:
+    """One layer's record; `id` is the image name without .sqsh, as Talos shows it;
+    `device` names the layer's dm-verity device (check verity), read for corruption."""
     return {"index": index, "id": layer_id(image),
             "image": image, "kind": kind, "name": name, "version": version, "phase": phase,
             "reason": reason, "author": author, "description": description,
-            "compatibility": compatibility, "created": created, "updated": updated}
+            "compatibility": compatibility, "created": created, "updated": updated,
+            "check": check, "device": device}
 
 
 def boot_doc(*, extensions: list[dict[str, object]], root: str, overlay: str,
@@ -73,8 +80,8 @@ def write_json_atomic(path: str, doc: dict[str, object]) -> None:
 class ExtensionStatus(Value):
     """One layer as the boot recorded it."""
 
-    __slots__ = ("author", "compatibility", "created", "description", "id", "image", "index",
-                 "kind", "name", "phase", "reason", "updated", "version")
+    __slots__ = ("author", "check", "compatibility", "created", "description", "device", "id",
+                 "image", "index", "kind", "name", "phase", "reason", "updated", "version")
     index: int            # position in the list file (0 = lowest layer)
     id: str               # image name without .sqsh
     image: str
@@ -88,14 +95,18 @@ class ExtensionStatus(Value):
     compatibility: dict[str, object]
     created: str          # ISO 8601 UTC, e.g. 2022-02-10T18:25:04Z
     updated: str
+    check: str            # one of CHECKS
+    device: str           # the dm-verity device's name, or ""
 
     def __init__(self, *, index: int, id: str, image: str, kind: str, name: str,
                  version: str, phase: str, reason: str = "", author: str = "",
                  description: str = "", compatibility: dict[str, object] | None = None,
-                 created: str = "", updated: str = "") -> None:
+                 created: str = "", updated: str = "", check: str = CHECK_NONE,
+                 device: str = "") -> None:
         self._set(index=index, id=id, image=image, kind=kind, name=name, version=version,
                   phase=phase, reason=reason, author=author, description=description,
-                  compatibility=dict(compatibility or {}), created=created, updated=updated)
+                  compatibility=dict(compatibility or {}), created=created, updated=updated,
+                  check=check, device=device)
 
 
 class BootStatus(Value):
@@ -138,6 +149,11 @@ def check_extension(raw: object, where: str) -> list[str]:
         problems.append(f"{where}: unknown phase {raw.get('phase')!r}")
     if not isinstance(raw.get("compatibility"), dict):
         problems.append(f"{where}: compatibility is not an object")
+    # check and device came later: a status file without them reads as no check
+    if raw.get("check", CHECK_NONE) not in CHECKS:
+        problems.append(f"{where}: unknown check {raw.get('check')!r}")
+    if not isinstance(raw.get("device", ""), str):
+        problems.append(f"{where}: device is not a string")
     return problems
 
 
@@ -166,8 +182,11 @@ def status_from_doc(doc: dict[str, object]) -> BootStatus:
     notes: list[object] = doc["notes"]  # type: ignore[assignment]
     duration = doc.get("duration_ms", 0.0)
     return BootStatus(
-        extensions=tuple(ExtensionStatus(**{key: e[key] for key in (  # type: ignore[arg-type]
-            "index", "phase", "compatibility", *_STR_FIELDS)}) for e in exts),
+        extensions=tuple(ExtensionStatus(
+            **{key: e[key] for key in (  # type: ignore[arg-type]
+                "index", "phase", "compatibility", *_STR_FIELDS)},
+            check=str(e.get("check", CHECK_NONE)), device=str(e.get("device", "")))
+            for e in exts),
         root=str(doc.get("root", "")), overlay=str(doc["overlay"]),
         notes=tuple(str(n) for n in notes), disabled=bool(doc.get("disabled")),
         strict=bool(doc.get("strict")), list_path=str(doc.get("list_path", "")),

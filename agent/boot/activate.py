@@ -18,6 +18,7 @@ import time
 
 from agent import listfile, statusfile
 from agent.boot import overlay
+from agent.boot.store import open_store_layers
 from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
 from agent.boot.workers import share_out
 from agent.errors import BootError, ListFileError
@@ -193,9 +194,10 @@ def skip_reason(entry: Layer, settings: ActivationSettings) -> str:
 
 
 def mount_layer(cand: Candidate, staging: str) -> None:
-    """Loop-attach read-only and mount squashfs ro,nodev at `staging`; undo on failure."""
+    """Loop-attach read-only (through dm-verity when that is the layer's check) and mount
+    squashfs ro,nodev at `staging`; undo on failure."""
     from agent import syscalls
-    from agent.boot import loop
+    from agent.boot import loop, verity
 
     # 4 KiB blocks halve a squashfs mount here (fewer, larger reads through the loop
     # worker); mksquashfs pads images to 4 KiB unless told -nopad, so the last block is whole
@@ -204,12 +206,14 @@ def mount_layer(cand: Candidate, staging: str) -> None:
         dev = loop.attach_readonly(cand.fd, cand.path, block)
     except OSError as exc:
         raise LayerFailed(f"loop device for {cand.path}: {exc.strerror}") from None
+    source = verity.attach(cand, dev) if cand.check == statusfile.CHECK_VERITY else dev.path
     try:
         os.makedirs(staging, exist_ok=True)
-        syscalls.mount(dev.path, staging, "squashfs", syscalls.MS_RDONLY | syscalls.MS_NODEV)
+        syscalls.mount(source, staging, "squashfs", syscalls.MS_RDONLY | syscalls.MS_NODEV)
     except OSError as exc:
+        verity.detach(cand)
         loop.detach(dev)
-        raise LayerFailed(f"mount squashfs {cand.path} from {dev.path}: {exc.strerror}") from None
+        raise LayerFailed(f"mount squashfs {cand.path} from {source}: {exc.strerror}") from None
     loop.release(dev)
 
 
@@ -299,6 +303,7 @@ def mount_layers(run: Activation) -> None:
             run.record(cand.index, cand.entry, statusfile.ACTIVE)
         else:
             run.fail(cand.index, cand.entry, cand.error)
+        run.records[cand.index].update(check=cand.check, device=cand.device)
 
 
 def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str]:
@@ -338,7 +343,7 @@ def start_activation(settings: ActivationSettings) -> Activation:
     run = Activation(settings)
     try:
         run.cands = collect_candidates(run, load_entries(run))
-        start_checks(run.cands)
+        start_checks(run.cands, settings.strict)
     except BaseException:
         save_run_status(run, "", statusfile.API_NONE)   # strict: no root to boot
         raise
@@ -355,6 +360,7 @@ def finish_activation(run: Activation, base_root: str, target: str) -> str:
     root, api = base_root, statusfile.API_NONE
     try:
         from agent import syscalls  # noqa: F401 - libffi loads here, while the checks run
+        open_store_layers(run.cands, run.settings.staging_dir)
         mount_layers(run)
         root, api = stack_layers(run, base_root, target)
     finally:
