@@ -11,7 +11,15 @@ import os
 import sys
 from typing import Any
 
-from agent.statusfile import ACTIVE, STATUS_PATH, BootStatus, ExtensionStatus, read_status
+from agent.statusfile import (
+    ACTIVE,
+    CHECK_NONE,
+    CHECK_VERITY,
+    STATUS_PATH,
+    BootStatus,
+    ExtensionStatus,
+    read_status,
+)
 
 NAMESPACE = "runtime"
 TYPE_SHORT = "ExtensionStatus"
@@ -19,7 +27,10 @@ TYPE_FULL = "ExtensionStatuses.runtime.talos.dev"
 OWNER = "runtime.ExtensionStatusController"
 RESOURCE_VERSION = 1
 HEADER = ("NODE", "NAMESPACE", "TYPE", "ID", "VERSION", "NAME", "VERSION")
+CHECKED = ("CHECK",)          # only when some layer was checked (not a Talos-written list)
 EXTRA = ("PHASE", "REASON")   # only when some layer is not active
+CORRUPTED = "corrupted"       # an active verity layer whose device saw a bad block
+CORRUPTED_REASON = "dm-verity: a block failed its hash check (see the kernel log)"
 PAD = 3
 
 
@@ -34,13 +45,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    status = read_status(args.status)
+    status = mark_corrupted(read_status(args.status))
     node = os.uname().nodename
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.output]
     sys.stdout.write(render(status, node))
     for note in status.notes:   # problems not tied to one layer (list file, overlay)
         print(f"overlay-agent: {note}", file=sys.stderr)
     return 0
+
+
+def mark_corrupted(status: BootStatus) -> BootStatus:
+    """Active verity layers whose device-mapper status now says corrupted."""
+    from agent.boot.verity import STATE_CORRUPTED, device_state
+
+    exts = tuple(e.replace(phase=CORRUPTED, reason=CORRUPTED_REASON)
+                 if e.phase == ACTIVE and e.check == CHECK_VERITY and e.device
+                 and device_state(e.device) == STATE_CORRUPTED else e
+                 for e in status.extensions)
+    return status.replace(extensions=exts)
 
 
 def resource_phase(ext: ExtensionStatus) -> str:
@@ -54,6 +76,8 @@ def to_resource(ext: ExtensionStatus, node: str) -> dict[str, Any]:
     if ext.compatibility:
         meta["compatibility"] = dict(ext.compatibility)
     spec: dict[str, Any] = {"image": ext.image, "metadata": meta}
+    if ext.check != CHECK_NONE:
+        spec["check"] = ext.check
     if ext.phase != ACTIVE:
         spec["reason"] = ext.reason
     return {
@@ -67,11 +91,12 @@ def to_resource(ext: ExtensionStatus, node: str) -> dict[str, Any]:
 
 
 def render_table(status: BootStatus, node: str) -> str:
+    checked = any(e.check != CHECK_NONE for e in status.extensions)
     extra = any(e.phase != ACTIVE for e in status.extensions)
-    rows = [HEADER + (EXTRA if extra else ())]
+    rows = [HEADER + (CHECKED if checked else ()) + (EXTRA if extra else ())]
     for e in status.extensions:
         row = (node, NAMESPACE, TYPE_SHORT, e.id, str(RESOURCE_VERSION), e.name, e.version)
-        rows.append(row + ((e.phase, e.reason) if extra else ()))
+        rows.append(row + ((e.check,) if checked else ()) + ((e.phase, e.reason) if extra else ()))
     widths = [max(len(r[c]) for r in rows) + PAD for c in range(len(rows[0]) - 1)]
     return "".join(("".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False))
                     + r[-1]).rstrip() + "\n" for r in rows)

@@ -466,9 +466,10 @@ def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
     assert env.read(f"{SHARE}/layer") == "1"
     assert main(["get", "extensions", "--status", s.status_path]) == 0
     rows = [line.split()[3:] for line in capsys.readouterr().out.splitlines()[1:]]
-    assert rows == [["000-ext0", "1", "ext0", "1.0", "active"],
-                    ["001-ext1", "1", "ext1", "1.1", "active"],
-                    ["002-ext2", "1", "ext2", "1.2", "skipped", "overlay_agent.skip=ext2"]]
+    assert rows == [["000-ext0", "1", "ext0", "1.0", "sha256", "active"],
+                    ["001-ext1", "1", "ext1", "1.1", "sha256", "active"],
+                    ["002-ext2", "1", "ext2", "1.2", "none", "skipped",
+                     "overlay_agent.skip=ext2"]]
 
 
 @pytest.mark.parametrize(("cmdline", "code", "line"), [
