@@ -26,8 +26,10 @@ def mount_store(uuid: str, target: str) -> str:
 
     try:
         device = wait_for_device(RootSpec(RootKind.UUID, uuid), STORE_WAIT)
-    except BootError as exc:
-        return f"store UUID={uuid}: {exc}"
+    except BootError:
+        return f"store UUID={uuid}: no such filesystem appeared within {STORE_WAIT:g} s"
+    except OSError as exc:     # the uevent socket: the store's layers fail, not the boot
+        return f"store UUID={uuid}: waiting for the device: {exc.strerror}"
     info = probe_filesystem(device)
     if info is None:
         return f"store UUID={uuid} ({device}): no ext4 or vfat filesystem"

@@ -206,3 +206,73 @@ def test_without_device_mapper_verity_layers_get_the_full_sha256(
         (FAILED, CHECK_SHA256, ""), (ACTIVE, CHECK_SHA256, "")]
     assert status.extensions[0].reason.startswith(f"{images / layers[0].image}: sha256 ")
     assert json.loads((work / "st.json").read_text())["extensions"][1]["check"] == "sha256"
+
+
+def activate_list(work: Path, list_bytes: bytes, images: Path) -> tuple[Path, ActivationSettings]:
+    (work / "extensions.yaml").write_bytes(list_bytes)
+    base, target = work / "base", work / "root"
+    base.mkdir()
+    target.mkdir()
+    syscalls.mount("base", str(base), "tmpfs", syscalls.MS_RDONLY, "mode=0755")
+    settings = ActivationSettings(list_path=str(work / "extensions.yaml"),
+                                  images_dir=str(images), status_path=str(work / "st.json"),
+                                  staging_dir=str(work / "s"))
+    assert activate_extensions(str(base), str(target), settings) == str(target)
+    return target, settings
+
+
+def test_store_on_a_disk_is_found_by_uuid_and_mounted_read_only(
+        work: Path, tmp_path: Path, exts: list[Path]) -> None:
+    if os.path.exists(syscalls.DM_CONTROL) or os.path.exists("/sys/module/dm_verity"):
+        pytest.skip("this kernel has dm-verity: the VM tier covers it")
+    initrd = debian_style_initrd(tmp_path / "initrd.img")
+    tree = tmp_path / "storefs"
+    (tree / "oa").mkdir(parents=True)
+    out = tmp_path / "out.img"
+    build(out, initrd, exts, "--store", tree / "oa", "--store-uuid", STORE_UUID,
+          "--store-path", "oa")
+    disk = tmp_path / "store.ext4"
+    run(["mkfs.ext4", "-q", "-F", "-U", STORE_UUID, "-O", "^has_journal", "-d", tree, disk,
+         "8M"], capture=True)
+    dev = run(["losetup", "--find", "--show", "--read-only", disk],
+              capture=True).stdout.decode().strip()
+    try:
+        target, settings = activate_list(work, members_of(out)["extensions.yaml"], work)
+        assert (target / "usr/local/bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
+        status = read_status(settings.status_path)
+        assert [(e.phase, e.check) for e in status.extensions] == [(ACTIVE, CHECK_SHA256)] * 2
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+        store = [m for m in mounts if m[1] == str(work / "s" / "store0")]
+        assert [(m[0], m[2], m[3].split(",")[0]) for m in store] == [(dev, "ext4", "ro")]
+    finally:
+        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+            if line.split()[4].startswith(str(work)):
+                syscalls.umount2(line.split()[4], syscalls.MNT_DETACH)
+        run(["losetup", "-d", dev], check=False)
+
+
+def test_a_store_that_never_appears_fails_its_layers_only(
+        work: Path, tmp_path: Path, exts: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.boot import store
+
+    monkeypatch.setattr(store, "STORE_WAIT", 0.2)
+    initrd = debian_style_initrd(tmp_path / "initrd.img")
+    folder = tmp_path / "st"
+    folder.mkdir()
+    out = tmp_path / "out.img"
+    build(out, initrd, exts[1:], "--store", folder, "--store-uuid", "0BAD-CAFE",
+          "--store-path", "oa")
+    stored = layers_of(out)[0]
+    plain = tmp_path / "plain.img"
+    build(plain, initrd, exts[:1])
+    inline = layers_of(plain)[0]
+    images = work / "images"
+    images.mkdir()
+    (images / inline.image).write_bytes(members_of(plain)[f"extensions/{inline.image}"])
+    listing = listfile.dump_list([inline, stored.replace(image="001-other.sqsh")]).encode()
+    target, settings = activate_list(work, listing, images)
+    assert (target / "usr/local/bin/tool").exists()
+    status = read_status(settings.status_path)
+    assert [(e.phase, e.reason) for e in status.extensions] == [
+        (ACTIVE, ""),
+        (FAILED, "store UUID=0BAD-CAFE: no such filesystem appeared within 0.2 s")]
