@@ -190,18 +190,10 @@ def test_without_device_mapper_verity_layers_get_the_full_sha256(
     bad = bytearray((images / layers[0].image).read_bytes())
     bad[tree.hash_offset + 4096] ^= 0xFF                  # in the hash tree, not the data
     (images / layers[0].image).write_bytes(bytes(bad))
-    (work / "extensions.yaml").write_bytes(members["extensions.yaml"])
-    base, target = work / "base", work / "root"
-    base.mkdir()
-    target.mkdir()
-    syscalls.mount("base", str(base), "tmpfs", syscalls.MS_RDONLY, "mode=0755")
-    settings = ActivationSettings(list_path=str(work / "extensions.yaml"),
-                                  images_dir=str(images), status_path=str(work / "st.json"),
-                                  staging_dir=str(work / "s"))
-    assert activate_extensions(str(base), str(target), settings) == str(target)
+    target, settings = activate_list(work, members["extensions.yaml"], images)
     assert (target / "usr/local/share/other/x").read_bytes() == b"x\n"
     assert not (target / "usr/local/bin/tool").exists()
-    status = read_status(str(work / "st.json"))
+    status = read_status(settings.status_path)
     assert [(e.phase, e.check, e.device) for e in status.extensions] == [
         (FAILED, CHECK_SHA256, ""), (ACTIVE, CHECK_SHA256, "")]
     assert status.extensions[0].reason.startswith(f"{images / layers[0].image}: sha256 ")
