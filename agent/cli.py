@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.pack",
     "agent.commands.build",
     "agent.commands.inspect",
+    "agent.commands.gc",
     "agent.commands.get",
     "agent.commands.boot",
 )

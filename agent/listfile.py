@@ -2,7 +2,9 @@
 
 The build writes it into the initramfs, the boot side reads it and shows it at
 `/etc/extensions.yaml`, `inspect` and the status report from it. Its shape is Talos's
-(`layers: [{image, metadata}]`) plus `version` and, per layer, `kind`, `sha256` and `size`.
+(`layers: [{image, metadata}]`) plus `version` and, per layer, `kind`, `sha256` and `size`,
+and optionally `verity` (the dm-verity hash tree appended to the image) and `store` + `path`
+(an image kept on a disk filesystem, named by its UUID, instead of in the initramfs).
 It is written as JSON, which is also YAML (JSON is a subset of YAML 1.2), so PID 1 reads it
 with json's C scanner (agent.lightjson); a list in YAML block style, as Talos writes it,
 is still read, through yaml. Every rule of the format lives here: paths, the image name and
@@ -39,6 +41,12 @@ MAX_TEXT = 16 << 10           # one metadata string (a description)
 MAX_NAME = 255                # an image file name, in bytes (NAME_MAX)
 MAX_COMPAT_NODES = 256        # metadata.compatibility: a small mapping
 MAX_COMPAT_DEPTH = 8
+# dm-verity, as the build formats it: sha256 over 4 KiB data and hash blocks, format 1
+VERITY_BLOCK = 4096
+VERITY_HASH = "sha256"
+VERITY_SALT_MAX = 256      # bytes (the kernel's limit)
+_HEX = frozenset("0123456789abcdef")
+_UUID_CHARS = frozenset("0123456789abcdefABCDEF-")
 
 
 def image_name(index: int, name: str) -> str:
@@ -109,19 +117,75 @@ class Metadata(Value):
                    plain_copy(compat, f"{where}: metadata compatibility", 0, budget))
 
 
+class Verity(Value):
+    """The dm-verity hash tree appended to an image: the data (the squashfs) is the first
+    `data_size` bytes, the tree's 4 KiB superblock starts at `hash_offset`."""
+
+    __slots__ = ("data_size", "hash_offset", "root_hash", "salt")
+    root_hash: str        # hex, 64 digits
+    salt: str             # hex
+    data_size: int        # bytes, a multiple of VERITY_BLOCK
+    hash_offset: int      # bytes, a multiple of VERITY_BLOCK, >= data_size
+
+    def __init__(self, root_hash: str, salt: str, data_size: int, hash_offset: int) -> None:
+        self._set(root_hash=root_hash, salt=salt, data_size=data_size, hash_offset=hash_offset)
+
+    @property
+    def data_blocks(self) -> int:
+        return self.data_size // VERITY_BLOCK
+
+    @property
+    def hash_start_block(self) -> int:
+        """The tree's first block, past its superblock (the table counts in hash blocks)."""
+        return self.hash_offset // VERITY_BLOCK + 1
+
+    def to_dict(self) -> dict[str, object]:
+        return {"root_hash": self.root_hash, "salt": self.salt, "data_size": self.data_size,
+                "hash_offset": self.hash_offset}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> Verity:
+        if not isinstance(data, dict):
+            raise ListFileError(f"{where}: verity is not a mapping")
+        root, salt = data.get("root_hash"), data.get("salt")
+        if not isinstance(root, str) or len(root) != 64 or not set(root) <= _HEX:
+            raise ListFileError(f"{where}: verity root_hash is not 64 lowercase hex digits")
+        if not isinstance(salt, str) or len(salt) % 2 or len(salt) > 2 * VERITY_SALT_MAX \
+                or not set(salt) <= _HEX:
+            raise ListFileError(f"{where}: verity salt is not lowercase hex of at most "
+                                f"{VERITY_SALT_MAX} bytes")
+        sizes = []
+        for key in ("data_size", "hash_offset"):
+            value = data.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 \
+                    or value % VERITY_BLOCK:
+                raise ListFileError(f"{where}: verity {key} {value!r} is not a positive "
+                                    f"multiple of {VERITY_BLOCK}")
+            sizes.append(value)
+        if sizes[1] < sizes[0]:
+            raise ListFileError(f"{where}: verity hash_offset {sizes[1]} is inside the data "
+                                f"({sizes[0]} bytes)")
+        return cls(root, salt, sizes[0], sizes[1])
+
+
 class Layer(Value):
     """One squashfs image, in list order (later layers sit above earlier ones)."""
 
-    __slots__ = ("image", "kind", "metadata", "sha256", "size")
+    __slots__ = ("image", "kind", "metadata", "path", "sha256", "size", "store", "verity")
     image: str            # file name under IMAGES_DIR, e.g. "000-gvisor.sqsh"
     metadata: Metadata
     sha256: str           # empty in a Talos-written list: the check is then skipped
     size: int             # -1 in a Talos-written list
     kind: str             # one of KINDS
+    verity: Verity | None
+    store: str            # filesystem UUID of the store holding the image; "": initramfs
+    path: str             # the image's path inside the store filesystem (no leading /)
 
     def __init__(self, image: str, metadata: Metadata, sha256: str = "", size: int = -1,
-                 kind: str = KIND_EXTENSION) -> None:
-        self._set(image=image, metadata=metadata, sha256=sha256, size=size, kind=kind)
+                 kind: str = KIND_EXTENSION, verity: Verity | None = None, store: str = "",
+                 path: str = "") -> None:
+        self._set(image=image, metadata=metadata, sha256=sha256, size=size, kind=kind,
+                  verity=verity, store=store, path=path)
 
     @property
     def id(self) -> str:
@@ -179,17 +243,30 @@ def dump_list(layers: tuple[Layer, ...] | list[Layer]) -> str:
     """Serialise deterministically (sorted keys, fixed indent): same list, same bytes."""
     import json  # build side only: PID 1 never writes the list
 
-    doc = {
-        "version": SCHEMA_VERSION,
-        "layers": [
-            {"image": layer.image, "kind": layer.kind, "sha256": layer.sha256,
-             "size": layer.size, "metadata": layer.metadata.to_dict()}
-            for layer in layers
-        ],
-    }
+    doc = {"version": SCHEMA_VERSION, "layers": [layer_dict(layer) for layer in layers]}
     text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     read_list(text, LIST_PATH)   # the build writes nothing the boot would refuse
     return text
+
+
+def layer_dict(layer: Layer) -> dict[str, object]:
+    """One layer; the optional keys only when set, so a list without them reads as before."""
+    out: dict[str, object] = {"image": layer.image, "kind": layer.kind, "sha256": layer.sha256,
+                              "size": layer.size, "metadata": layer.metadata.to_dict()}
+    if layer.verity is not None:
+        out["verity"] = layer.verity.to_dict()
+    if layer.store:
+        out["store"], out["path"] = layer.store, layer.path
+    return out
+
+
+def check_store_path(path: object, at: str) -> str:
+    """A relative path of plain names: it is joined to where the store is mounted."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\0" in path:
+        raise ListFileError(f"{at}: store path {path!r} is not a relative path")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ListFileError(f"{at}: store path {path!r} has an empty, . or .. part")
+    return path
 
 
 def check_layer(raw: object, at: str) -> Layer:
@@ -210,7 +287,16 @@ def check_layer(raw: object, at: str) -> Layer:
     if not isinstance(sha256, str) or not (sha256 == "" or is_sha256(sha256)):
         raise ListFileError(f"{at}: sha256 {str(sha256)[:72]!r} is not 64 hex digits")
     meta = Metadata.from_dict(raw.get("metadata") or {}, at)
-    return Layer(image, meta, sha256.lower(), size, kind)
+    verity = None if raw.get("verity") is None else Verity.from_dict(raw["verity"], at)
+    store, path = raw.get("store") or "", ""
+    if store:
+        if not isinstance(store, str) or not set(store) <= _UUID_CHARS or len(store) > 36:
+            raise ListFileError(f"{at}: store {store!r} is not a filesystem UUID")
+        if verity is None:
+            raise ListFileError(f"{at}: a store image needs verity (its root hash is what "
+                                "vouches for it)")
+        path = check_store_path(raw.get("path"), at)
+    return Layer(image, meta, sha256.lower(), size, kind, verity, store, path)
 
 
 def is_sha256(text: str) -> bool:

@@ -29,6 +29,11 @@ ROOT_READ_ONLY = "read-only"    # no upper: the immutable root (also a bare root
 ROOT_VOLATILE = "volatile"      # upper on tmpfs: writes are gone at the next boot
 ROOT_PERSISTENT = "persistent"  # upper on a device: writes are kept
 ROOT_MODES = (ROOT_READ_ONLY, ROOT_VOLATILE, ROOT_PERSISTENT)
+# the check a layer went through at boot
+CHECK_VERITY = "verity"    # dm-verity: each block checked against the hash tree when read
+CHECK_SHA256 = "sha256"    # the whole image hashed before the mount
+CHECK_NONE = "none"        # no check (a Talos-written list, or the layer never got that far)
+CHECKS = (CHECK_VERITY, CHECK_SHA256, CHECK_NONE)
 
 
 def utc_now() -> str:
@@ -40,14 +45,15 @@ def utc_now() -> str:
 def extension_doc(*, index: int, image: str, kind: str, name: str, version: str, phase: str,
                   reason: str, author: str, description: str,
                   compatibility: dict[str, object], created: str, updated: str,
-                  device: str = "") -> dict[str, object]:
+                  check: str = CHECK_NONE, device: str = "", loop: str = "") -> dict[str, object]:
     """One layer's record; `id` is the image name without .sqsh, as Talos shows it;
-    `device` the loop device an active layer is read through."""
+    `device` names the layer's dm-verity device (check verity), read for corruption;
+    `loop` the loop device an active layer is read through."""
     return {"index": index, "id": layer_id(image),
             "image": image, "kind": kind, "name": name, "version": version, "phase": phase,
             "reason": reason, "author": author, "description": description,
             "compatibility": compatibility, "created": created, "updated": updated,
-            "device": device}
+            "check": check, "device": device, "loop": loop}
 
 
 def upper_doc(*, requested: str, source: str, dir: str, size_bytes: int, used_bytes: int,
@@ -107,8 +113,8 @@ def write_json_atomic(path: str, doc: dict[str, object]) -> None:
 class ExtensionStatus(Value):
     """One layer as the boot recorded it."""
 
-    __slots__ = ("author", "compatibility", "created", "description", "device", "id", "image",
-                 "index", "kind", "name", "phase", "reason", "updated", "version")
+    __slots__ = ("author", "check", "compatibility", "created", "description", "device", "id",
+                 "image", "index", "kind", "loop", "name", "phase", "reason", "updated", "version")
     index: int            # position in the list file (0 = lowest layer)
     id: str               # image name without .sqsh
     image: str
@@ -122,16 +128,19 @@ class ExtensionStatus(Value):
     compatibility: dict[str, object]
     created: str          # ISO 8601 UTC, e.g. 2022-02-10T18:25:04Z
     updated: str
-    device: str           # the loop device of an active layer ("" otherwise)
+    check: str            # one of CHECKS
+    device: str           # the dm-verity device's name, or ""
+    loop: str             # the loop device of an active layer, or ""
 
     def __init__(self, *, index: int, id: str, image: str, kind: str, name: str,
                  version: str, phase: str, reason: str = "", author: str = "",
                  description: str = "", compatibility: dict[str, object] | None = None,
-                 created: str = "", updated: str = "", device: str = "") -> None:
+                 created: str = "", updated: str = "", check: str = CHECK_NONE,
+                 device: str = "", loop: str = "") -> None:
         self._set(index=index, id=id, image=image, kind=kind, name=name, version=version,
                   phase=phase, reason=reason, author=author, description=description,
                   compatibility=dict(compatibility or {}), created=created, updated=updated,
-                  device=device)
+                  check=check, device=device, loop=loop)
 
 
 class UpperStatus(Value):
@@ -204,6 +213,9 @@ def check_extension(raw: object, where: str) -> list[str]:
         problems.append(f"{where}: compatibility is not an object")
     elif depth_of(raw["compatibility"]) > MAX_DEPTH:
         problems.append(f"{where}: compatibility is nested deeper than {MAX_DEPTH} levels")
+    # check and device came later: a status file without them reads as no check
+    if raw.get("check", CHECK_NONE) not in CHECKS:
+        problems.append(f"{where}: unknown check {shown(raw.get('check'))}")
     if not isinstance(raw.get("device", ""), str):
         problems.append(f"{where}: device is not a string")
     return problems
@@ -283,8 +295,11 @@ def status_from_doc(doc: dict[str, object]) -> BootStatus:
     upper = None if raw_upper is None else UpperStatus(**{  # type: ignore[arg-type]
         key: raw_upper[key] for key in (*_UPPER_STR, *_UPPER_INT, "shadowed")})
     return BootStatus(
-        extensions=tuple(ExtensionStatus(device=str(e.get("device", "")), **{  # type: ignore[arg-type]
-            key: e[key] for key in ("index", "phase", "compatibility", *_STR_FIELDS)})
+        extensions=tuple(ExtensionStatus(
+            **{key: e[key] for key in (  # type: ignore[arg-type]
+                "index", "phase", "compatibility", *_STR_FIELDS)},
+            check=str(e.get("check", CHECK_NONE)), device=str(e.get("device", "")),
+            loop=str(e.get("loop", "")))
             for e in exts),
         root=str(doc.get("root", "")), overlay=str(doc["overlay"]),
         notes=tuple(str(n) for n in notes), disabled=bool(doc.get("disabled")),

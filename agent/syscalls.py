@@ -221,3 +221,137 @@ def statfs_type(path: str) -> int:
 
 def sync() -> None:
     _sync()
+
+
+# ---------------------------------------------------------------- device mapper
+# include/uapi/linux/dm-ioctl.h: every command takes a struct dm_ioctl (312 bytes) followed
+# by its data. Fields: u32 version[3], data_size, data_start, target_count, s32 open_count,
+# u32 flags, event_nr, padding, u64 dev, char name[128], uuid[129], data[7]. A table load's
+# data is one struct dm_target_spec per target (u64 sector_start, length, s32 status,
+# u32 next, char target_type[16]) followed by its NUL-ended parameters, 8-byte aligned.
+DM_CONTROL = "/dev/mapper/control"
+DM_IOCTL_SIZE = 312
+DM_TARGET_SPEC_SIZE = 40
+DM_NAME_LEN = 128
+DM_UUID_LEN = 129
+DM_MAX_TYPE_NAME = 16
+DM_VERSION = (4, 0, 0)         # the interface version we speak: any 4.x kernel accepts it
+DM_READONLY_FLAG = 1 << 0
+DM_SUSPEND_FLAG = 1 << 1
+DM_STATUS_TABLE_FLAG = 1 << 4
+DM_BUFFER_FULL_FLAG = 1 << 8
+DM_STATUS_BUFFER = 16 << 10
+DM_STATUS_BUFFER_MAX = 1 << 20
+
+
+def _dm_request(nr: int) -> int:
+    """_IOWR(0xfd, nr, struct dm_ioctl)."""
+    return (3 << 30) | (DM_IOCTL_SIZE << 16) | (0xFD << 8) | nr
+
+
+DM_DEV_CREATE = _dm_request(3)
+DM_DEV_REMOVE = _dm_request(4)
+DM_DEV_SUSPEND = _dm_request(6)
+DM_TABLE_LOAD = _dm_request(9)
+DM_TABLE_STATUS = _dm_request(12)
+
+
+def _u32(value: int) -> bytes:
+    return value.to_bytes(4, "little")
+
+
+def _fixed(text: str, size: int, what: str) -> bytes:
+    raw = os.fsencode(text)
+    if len(raw) >= size or b"\0" in raw:
+        raise OSError(22, f"{what} longer than {size - 1} bytes or with a NUL", text)
+    return raw + bytes(size - len(raw))
+
+
+def dm_header(name: str, *, size: int = DM_IOCTL_SIZE, flags: int = 0, target_count: int = 0,
+              uuid: str = "") -> bytearray:
+    """A struct dm_ioctl for device `name` heading a buffer of `size` bytes."""
+    head = b"".join(_u32(v) for v in (*DM_VERSION, size, DM_IOCTL_SIZE, target_count, 0,
+                                      flags, 0, 0)) + bytes(8)
+    buf = bytearray(size)
+    buf[:48] = head
+    buf[48:48 + DM_NAME_LEN] = _fixed(name, DM_NAME_LEN, "device-mapper name")
+    buf[176:176 + DM_UUID_LEN] = _fixed(uuid, DM_UUID_LEN, "device-mapper uuid")
+    return buf
+
+
+def dm_target(start: int, length: int, target_type: str, params: str) -> bytes:
+    """One struct dm_target_spec and its parameters, padded to 8 bytes (`next` = its size)."""
+    text = os.fsencode(params) + b"\0"
+    size = DM_TARGET_SPEC_SIZE + len(text) + (-(DM_TARGET_SPEC_SIZE + len(text)) % 8)
+    spec = (start.to_bytes(8, "little") + length.to_bytes(8, "little") + bytes(4) + _u32(size)
+            + _fixed(target_type, DM_MAX_TYPE_NAME, "target type"))
+    return spec + text + bytes(size - len(spec) - len(text))
+
+
+def _dm_call(request: int, buf: bytearray, name: str) -> bytearray:
+    try:
+        fd = os.open(DM_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, DM_CONTROL) from None
+    try:
+        ioctl(fd, request, buf, path=name)
+    finally:
+        os.close(fd)
+    return buf
+
+
+def dm_create(name: str, uuid: str = "") -> int:
+    """DM_DEV_CREATE: a new device without a table; returns its device number (the minor
+    names /dev/dm-N, which devtmpfs creates without udev)."""
+    buf = _dm_call(DM_DEV_CREATE, dm_header(name, uuid=uuid), name)
+    return int.from_bytes(buf[40:48], "little")
+
+
+def dm_load_table(name: str, targets: list[tuple[int, int, str, str]],
+                  readonly: bool = True) -> None:
+    """DM_TABLE_LOAD: (start sector, sectors, target type, parameters) per target."""
+    data = b"".join(dm_target(*t) for t in targets)
+    buf = dm_header(name, size=DM_IOCTL_SIZE + len(data), target_count=len(targets),
+                    flags=DM_READONLY_FLAG if readonly else 0)
+    buf[DM_IOCTL_SIZE:] = data
+    _dm_call(DM_TABLE_LOAD, buf, name)
+
+
+def dm_resume(name: str) -> None:
+    """DM_DEV_SUSPEND without DM_SUSPEND_FLAG: make the loaded table live."""
+    _dm_call(DM_DEV_SUSPEND, dm_header(name), name)
+
+
+def dm_remove(name: str) -> None:
+    _dm_call(DM_DEV_REMOVE, dm_header(name), name)
+
+
+def dm_table_status(name: str) -> list[tuple[int, int, str, str]]:
+    """DM_TABLE_STATUS: (start, length, target type, status text) of each live target."""
+    size = DM_STATUS_BUFFER
+    while True:
+        buf = _dm_call(DM_TABLE_STATUS, dm_header(name, size=size), name)
+        flags = int.from_bytes(buf[28:32], "little")
+        if not flags & DM_BUFFER_FULL_FLAG or size >= DM_STATUS_BUFFER_MAX:
+            break
+        size *= 4
+    return parse_dm_targets(bytes(buf))
+
+
+def parse_dm_targets(buf: bytes) -> list[tuple[int, int, str, str]]:
+    """The target specs a status ioctl returned; `next` counts from the first spec."""
+    count = int.from_bytes(buf[20:24], "little")
+    first = int.from_bytes(buf[16:20], "little")
+    out = []
+    at = first
+    for _ in range(count):
+        if at + DM_TARGET_SPEC_SIZE > len(buf):
+            break
+        start = int.from_bytes(buf[at:at + 8], "little")
+        length = int.from_bytes(buf[at + 8:at + 16], "little")
+        nxt = int.from_bytes(buf[at + 20:at + 24], "little")
+        ttype = buf[at + 24:at + 40].split(b"\0", 1)[0].decode(errors="replace")
+        text = buf[at + DM_TARGET_SPEC_SIZE:].split(b"\0", 1)[0].decode(errors="replace")
+        out.append((start, length, ttype, text))
+        at = first + nxt
+    return out

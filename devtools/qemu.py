@@ -109,8 +109,9 @@ def accel_args(cpu: str | None = None) -> list[str]:
 
 
 def qemu_argv(kernel: Path, initrd: Path, append: str, disk: Path | None,
-              serial_log: Path, cpu: str | None = None) -> list[str]:
-    argv = [QEMU, "-nographic", "-no-reboot", "-m", str(MEMORY_MB), "-smp", "1",
+              serial_log: Path, cpu: str | None = None,
+              memory_mb: int = MEMORY_MB) -> list[str]:
+    argv = [QEMU, "-nographic", "-no-reboot", "-m", str(memory_mb), "-smp", "1",
             *accel_args(cpu),
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", f"console=ttyS0 {append}".strip(),
@@ -121,11 +122,12 @@ def qemu_argv(kernel: Path, initrd: Path, append: str, disk: Path | None,
 
 
 def boot(kernel: Path, initrd: Path, append: str, *, disk: Path | None = None,
-         timeout: float, serial_log: Path, cpu: str | None = None) -> BootResult:
+         timeout: float, serial_log: Path, cpu: str | None = None,
+         memory_mb: int = MEMORY_MB) -> BootResult:
     """Boot once; the guest's serial console ends up in `serial_log` and in the result."""
     serial_log.parent.mkdir(parents=True, exist_ok=True)
     serial_log.write_bytes(b"")
-    argv = qemu_argv(kernel, initrd, append, disk, serial_log, cpu)
+    argv = qemu_argv(kernel, initrd, append, disk, serial_log, cpu, memory_mb)
     code, seconds = _run_group(argv, timeout, serial_log.with_name(serial_log.name + ".qemu"))
     output = serial_log.read_bytes().decode(errors="replace").replace("\r\n", "\n")
     return BootResult(output=output, exit_code=code, timed_out=code is None, seconds=seconds)

@@ -27,6 +27,7 @@ MODULES = (
     "bench_upper",
     "bench_initramfs",
     "bench_hostile",
+    "bench_verity",
 )
 
 

@@ -69,6 +69,7 @@ declare -A want=(
   [zstd]=zstd [xz]=xz-utils [lz4]=lz4 [cpio]=cpio [depmod]=kmod [modprobe]=kmod
   [mkfs.ext4]=e2fsprogs [sfdisk]=fdisk [unshare]=util-linux [losetup]=mount
   [dpkg-deb]=dpkg [apt-get]=apt [iucode_tool]=iucode-tool
+  [veritysetup]=cryptsetup-bin [mkfs.vfat]=dosfstools [mcopy]=mtools [findmnt]=mount
 )
 missing=()
 for cmd in "${!want[@]}"; do

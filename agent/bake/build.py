@@ -1,14 +1,16 @@
 """`overlay-agent build`: bake extensions into an initramfs.
 
 Load (machine config, sources, input initramfs) -> fetch and validate EVERY extension,
-collecting every problem -> write nothing if there is one -> squash in parallel, add the
-modules layer and firmware, write the list file -> put the CPU microcode extensions ship
-into the early archive at the start (agent.bake.early), append one compressed cpio and
-write the output atomically.
+collecting every problem -> write nothing if there is one -> squash in parallel, append a
+dm-verity hash tree to each image, add the modules layer and firmware, write the list file
+-> put the CPU microcode extensions ship into the early archive at the start
+(agent.bake.early), append one compressed cpio and write the output atomically. With a
+store, the images go to the store folder and only the list into the initramfs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 from collections.abc import Callable, Sequence
@@ -23,6 +25,8 @@ from agent.bake.early import MicrocodeSource, load_microcode, plan_early, with_e
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.segments import MAX_UNPACKED, keep_links, merged_members, split_segments
 from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
+from agent.bake.store import Store, locked, put_image
+from agent.bake.verity import append_hash_tree
 from agent.bake.workdir import work_folder
 from agent.errors import AgentError, BuildError, ValidationFailed
 from agent.files import read_regular
@@ -51,6 +55,8 @@ class BuildRequest:
     policy: Path | None = None
     epoch: int = 0
     jobs: int = 0
+    verity: bool = True           # append a dm-verity hash tree to each image
+    store: Store | None = None    # write the images there, only the list into the initramfs
 
 
 @dataclass(frozen=True)
@@ -156,14 +162,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def describe_layer(image: Path, metadata: listfile.Metadata, kind: str) -> listfile.Layer:
+def describe_layer(image: Path, metadata: listfile.Metadata, kind: str,
+                   verity: listfile.Verity | None = None) -> listfile.Layer:
+    """sha256 and size cover the whole file, hash tree included: the check without verity."""
     return listfile.Layer(image=image.name, metadata=metadata, sha256=sha256_file(image),
-                          size=image.stat().st_size, kind=kind)
+                          size=image.stat().st_size, kind=kind, verity=verity)
 
 
 def squash_layers(roots: Sequence[tuple[Path, listfile.Metadata]],
                   modules: tuple[ModulesPlan, Path] | None, work: Path,
-                  options: SquashOptions, progress: Progress | None) -> list[BakedLayer]:
+                  options: SquashOptions, progress: Progress | None,
+                  verity: bool = True) -> list[BakedLayer]:
     """One image per extension rootfs (and the modules layer last), built in parallel."""
     jobs = [SquashJob(root / "rootfs", work / "images" / listfile.image_name(i, meta.name),
                       meta.name) for i, (root, meta) in enumerate(roots)]
@@ -174,8 +183,14 @@ def squash_layers(roots: Sequence[tuple[Path, listfile.Metadata]],
             len(roots), listfile.MODULES_LAYER_NAME), listfile.MODULES_LAYER_NAME))
         metas.append((modules_metadata(plan), listfile.KIND_MODULES))
     images = squash_all(jobs, options, progress)
-    return [BakedLayer(describe_layer(path, meta, kind), path)
-            for path, (meta, kind) in zip(images, metas, strict=True)]
+    trees = [append_hash_tree(path) if verity else None for path in images]
+    return [BakedLayer(describe_layer(path, meta, kind, tree), path)
+            for path, (meta, kind), tree in zip(images, metas, trees, strict=True)]
+
+
+def store_layers(layers: Sequence[BakedLayer], store: Store) -> list[BakedLayer]:
+    """Put every image into the store; the layers then name it there (caller holds the lock)."""
+    return [BakedLayer(put_image(store, b.path, b.layer), b.path) for b in layers]
 
 
 def archive_entries(layers: Sequence[BakedLayer], firmware: Sequence[cpio.Entry],
@@ -185,7 +200,7 @@ def archive_entries(layers: Sequence[BakedLayer], firmware: Sequence[cpio.Entry]
     images_dir = listfile.IMAGES_DIR.strip("/")
     entries = [cpio.regular(listfile.LIST_PATH.strip("/"), listing.encode(), 0o644, epoch)]
     entries += [cpio.regular(f"{images_dir}/{b.layer.image}", b.path, 0o644, epoch)
-                for b in layers]
+                for b in layers if not b.layer.store]
     entries += [cpio.Entry(e.name, e.mode, e.data, mtime=epoch) for e in firmware]
     return cpio.with_parents(entries, mtime=epoch)
 
@@ -240,6 +255,9 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
     sources, problems = gather_sources(request)
     blob, members, found = read_input(request.initramfs)
     problems += found + check_output(request.output)
+    if request.store is not None and not request.verity:
+        problems.append(f"--store {request.store.folder}: store images need verity (the "
+                        "root hash in the initramfs is what vouches for them)")
     if request.max_size is not None and len(blob) > request.max_size:
         problems.append(f"{request.initramfs}: already {len(blob)} bytes, over --max-size "
                         f"{request.max_size} before any extension")
@@ -268,17 +286,21 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
         if plan is not None:
             modules = (plan, build_modules_layer(plan, [r / "rootfs" for r, _ in roots], work))
         options = SquashOptions(request.compression, request.epoch, request.jobs)
-        layers = squash_layers(roots, modules, work, options, progress)
+        layers = squash_layers(roots, modules, work, options, progress, request.verity)
         for b in layers:
             log.info("squashed", image=b.layer.image, size=b.layer.size, sha256=b.layer.sha256)
         dest = resolve_in_tree(members, "lib/firmware")
-        archive = write_archive(archive_entries(
-            layers, firmware_entries([r / "rootfs" for r, _ in roots], dest), request.epoch),
-            work, request.compression)
-        archive_size = archive.stat().st_size
-        head = blob if early is None else with_early(early, blob, request.epoch)
-        total = check_size(request, len(head), archive_size)
-        write_output(request.output, head, archive)
+        # the store lock spans images and initramfs: gc never sees the images unreferenced
+        with locked(request.store.folder) if request.store else contextlib.nullcontext():
+            if request.store is not None:
+                layers = store_layers(layers, request.store)
+            archive = write_archive(archive_entries(
+                layers, firmware_entries([r / "rootfs" for r, _ in roots], dest),
+                request.epoch), work, request.compression)
+            archive_size = archive.stat().st_size
+            head = blob if early is None else with_early(early, blob, request.epoch)
+            total = check_size(request, len(head), archive_size)
+            write_output(request.output, head, archive)
         log.info("written", output=str(request.output), input_size=len(blob),
                  archive_size=archive_size, total=total)
     return BuildResult(request.output, len(blob), archive_size, total,

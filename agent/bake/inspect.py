@@ -33,6 +33,7 @@ class ImageState(enum.Enum):
     MISMATCH = "mismatch"     # size or sha256 differ from the list
     MISSING = "missing"       # listed, not in the archive
     UNCHECKED = "unchecked"   # a Talos-written list carries no sha256
+    STORE = "store"           # kept in a store on disk, not in the initramfs
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,15 @@ class InitramfsReport:
 
     @property
     def all_match(self) -> bool:
-        return all(r.state in (ImageState.OK, ImageState.UNCHECKED) for r in self.layers)
+        return all(r.state in (ImageState.OK, ImageState.UNCHECKED, ImageState.STORE)
+                   for r in self.layers)
 
 
 def check_image(index: int, layer: listfile.Layer, entry: cpio.Entry | None) -> LayerReport:
     """An image member against its list entry (its bytes were hashed as they streamed by)."""
     if entry is None or not stat.S_ISREG(entry.mode):
-        return LayerReport(index, layer, -1, "", ImageState.MISSING)
+        return LayerReport(index, layer, -1, "",
+                           ImageState.STORE if layer.store else ImageState.MISSING)
     data = entry.content()
     size = entry.size if entry.size >= 0 else len(data)
     digest = entry.sha256 or hashlib.sha256(data).hexdigest()

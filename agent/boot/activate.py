@@ -19,6 +19,7 @@ import time
 from agent import listfile, statusfile
 from agent.boot import fstabview, overlay, upper
 from agent.boot.cmdline import DEFAULT_ROOT_WAIT, UpperSpec
+from agent.boot.store import open_store_layers
 from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
 from agent.boot.workers import share_out
 from agent.errors import BootError, ListFileError
@@ -101,7 +102,7 @@ def mount_checked(cand: Candidate, staging: str) -> None:
     cand.wait_checked()
     try:
         if not cand.error:
-            cand.device = mount_layer(cand, staging)
+            mount_layer(cand, staging)
             cand.staging = staging
     except LayerFailed as exc:
         cand.error = str(exc)
@@ -126,14 +127,13 @@ class Activation:
         self.list_data = b""  # the list file's bytes, as read once
         self.problems = 0     # layers recorded as not active
 
-    def record(self, index: int, entry: Layer, phase: str, reason: str = "",
-               device: str = "") -> None:
+    def record(self, index: int, entry: Layer, phase: str, reason: str = "") -> None:
         meta = entry.metadata
         self.records[index] = statusfile.extension_doc(
             index=index, image=entry.image, kind=entry.kind, name=meta.name,
             version=meta.version, phase=phase, reason=reason, author=meta.author,
             description=meta.description, compatibility=meta.compatibility,
-            created=self.stamp, updated=self.stamp, device=device)
+            created=self.stamp, updated=self.stamp)
         if phase != statusfile.ACTIVE:
             self.problems += 1
             if self.problems <= MAX_PROBLEM_LINES:
@@ -194,11 +194,11 @@ def skip_reason(entry: Layer, settings: ActivationSettings) -> str:
     return f"overlay_agent.skip={hit[0]}" if hit else ""
 
 
-def mount_layer(cand: Candidate, staging: str) -> str:
-    """Loop-attach read-only and mount squashfs ro,nodev at `staging`; undo on failure.
-    Returns the loop device's path."""
+def mount_layer(cand: Candidate, staging: str) -> None:
+    """Loop-attach read-only (through dm-verity when that is the layer's check) and mount
+    squashfs ro,nodev at `staging`; undo on failure."""
     from agent import syscalls
-    from agent.boot import loop
+    from agent.boot import loop, verity
 
     # 4 KiB blocks halve a squashfs mount here (fewer, larger reads through the loop
     # worker); mksquashfs pads images to 4 KiB unless told -nopad, so the last block is whole
@@ -207,14 +207,16 @@ def mount_layer(cand: Candidate, staging: str) -> str:
         dev = loop.attach_readonly(cand.fd, cand.path, block)
     except OSError as exc:
         raise LayerFailed(f"loop device for {cand.path}: {exc.strerror}") from None
+    source = verity.attach(cand, dev) if cand.check == statusfile.CHECK_VERITY else dev.path
     try:
         os.makedirs(staging, exist_ok=True)
-        syscalls.mount(dev.path, staging, "squashfs", syscalls.MS_RDONLY | syscalls.MS_NODEV)
+        syscalls.mount(source, staging, "squashfs", syscalls.MS_RDONLY | syscalls.MS_NODEV)
     except OSError as exc:
+        verity.detach(cand)
         loop.detach(dev)
-        raise LayerFailed(f"mount squashfs {cand.path} from {dev.path}: {exc.strerror}") from None
+        raise LayerFailed(f"mount squashfs {cand.path} from {source}: {exc.strerror}") from None
+    cand.loop = dev.path
     loop.release(dev)
-    return dev.path
 
 
 def unmount_staging(mounted: list[tuple[int, str]]) -> None:
@@ -304,9 +306,10 @@ def mount_layers(run: Activation) -> None:
     run.mounted.extend((cand.index, cand.staging) for cand in run.cands if cand.staging)
     for cand in run.cands:
         if cand.staging:
-            run.record(cand.index, cand.entry, statusfile.ACTIVE, device=cand.device)
+            run.record(cand.index, cand.entry, statusfile.ACTIVE)
         else:
             run.fail(cand.index, cand.entry, cand.error)
+        run.records[cand.index].update(check=cand.check, device=cand.device, loop=cand.loop)
 
 
 def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str]:
@@ -358,7 +361,7 @@ def start_activation(settings: ActivationSettings) -> Activation:
     run = Activation(settings)
     try:
         run.cands = collect_candidates(run, load_entries(run))
-        start_checks(run.cands)
+        start_checks(run.cands, settings.strict)
     except BaseException:
         save_run_status(run, "", statusfile.API_NONE)   # strict: no root to boot
         raise
@@ -375,6 +378,7 @@ def finish_activation(run: Activation, base_root: str, target: str) -> str:
     root, api = base_root, statusfile.API_NONE
     try:
         from agent import syscalls  # noqa: F401 - libffi loads here, while the checks run
+        open_store_layers(run.cands, run.settings.staging_dir)
         mount_layers(run)
         root, api = stack_layers(run, base_root, target)
     finally:

@@ -70,8 +70,9 @@ def attach_readonly(backing_fd: int, backing: str, block_size: int = 0) -> LoopD
     """Attach the open file `backing_fd` to a free loop device, read-only with autoclear;
     `block_size` is the device's logical block size (0: the kernel's 512 bytes).
 
-    GET_FREE then configure races with other processes taking the same device: EBUSY
-    means someone won, so ask for another one.
+    GET_FREE then configure races with other processes (and our other mount threads)
+    taking the same device: EBUSY means someone won; ENXIO, that the device was being torn
+    down (an autoclear detach) as we opened it. Either way, ask for another one.
     """
     ctl = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
     last = OSError(errno.EBUSY, os.strerror(errno.EBUSY))
@@ -85,12 +86,17 @@ def attach_readonly(backing_fd: int, backing: str, block_size: int = 0) -> LoopD
                 last = exc
                 continue
             dev = f"/dev/loop{number}"
-            loop_fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                loop_fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    continue
+                raise
             try:
                 configure(loop_fd, backing_fd, backing, dev, block_size)
             except OSError as exc:
                 os.close(loop_fd)
-                if exc.errno == errno.EBUSY or exc.errno in RETRY_ERRNOS:
+                if exc.errno in (errno.EBUSY, errno.ENXIO) or exc.errno in RETRY_ERRNOS:
                     last = exc
                     continue
                 raise

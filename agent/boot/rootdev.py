@@ -5,7 +5,9 @@ On-disk facts: ext2/3/4 superblock at byte 1024, magic 0xEF53 at 1080, UUID at
 1024+0x68, volume name at 1024+0x78; squashfs starts with "hsqs"; GPT header "EFI PART"
 at LBA 1 with the partition entries' unique GUID at entry offset 16 and their name
 (PARTLABEL, UTF-16LE, 36 units) at offset 56; an MBR disk's PARTUUID is its signature
-(offset 440) and the partition number, "SSSSSSSS-NN" (MBR partitions have no names).
+(offset 440) and the partition number, "SSSSSSSS-NN" (MBR partitions have no names);
+a FAT boot sector ends in 55 AA and names its type at 82 (FAT32, volume ID at 67, label at
+71) or 54 (FAT12/16, ID at 39, label at 43); its UUID is the ID as "XXXX-XXXX".
 """
 
 from __future__ import annotations
@@ -51,8 +53,21 @@ def format_guid(raw: bytes) -> str:
     return f"{a:08x}-{b:04x}-{c:04x}-{raw[8:10].hex()}-{raw[10:16].hex()}"
 
 
+def probe_fat(head: bytes) -> FsInfo | None:
+    if len(head) < 512 or head[510:512] != b"\x55\xaa":
+        return None
+    for kind, at in ((b"FAT32", 67), (b"FAT1", 39)):
+        where = 82 if kind == b"FAT32" else 54
+        if head[where:where + len(kind)] == kind:
+            vol = struct.unpack_from("<I", head, at)[0]
+            label = head[at + 4:at + 15].decode("ascii", errors="replace").rstrip()
+            return FsInfo("vfat", f"{vol >> 16:04X}-{vol & 0xFFFF:04X}",
+                          "" if label == "NO NAME" else label)
+    return None
+
+
 def probe_filesystem(path: str) -> FsInfo | None:
-    """ext2/3/4 or squashfs by their magic; None when neither (or unreadable)."""
+    """ext2/3/4, squashfs or vfat by their magic; None when none (or unreadable)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(2048)
@@ -64,7 +79,7 @@ def probe_filesystem(path: str) -> FsInfo | None:
         sb = head[1024:2048]
         label = sb[0x78:0x88].split(b"\0", 1)[0].decode(errors="replace")
         return FsInfo("ext4", format_uuid(sb[0x68:0x78]), label)
-    return None
+    return probe_fat(head)
 
 
 def read_partitions(path: str, sector: int = 512) -> dict[int, tuple[str, str]]:

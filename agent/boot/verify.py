@@ -1,5 +1,9 @@
 """Check extension images (size, sha256) in background threads, one per core.
 
+A layer with a dm-verity hash tree, on a kernel with dm-verity, is not hashed here: the
+kernel checks its blocks as they are read (agent.boot.verity). Store images are opened
+once their store is mounted (agent.boot.store).
+
 Verification needs nothing but the initramfs, so PID 1 starts it before loading kernel
 modules and waiting for the root device, and hashing overlaps both; the mounts later wait
 only for the layers not yet checked. OpenSSL's sha256 drops the GIL while it hashes, so the
@@ -15,6 +19,7 @@ import os
 from agent.boot.workers import share_out
 from agent.files import open_regular
 from agent.listfile import Layer
+from agent.statusfile import CHECK_NONE, CHECK_SHA256
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,8 +43,8 @@ class Candidate:
     they failed); whoever mounts the layer waits on it.
     """
 
-    __slots__ = ("checked", "device", "entry", "error", "fd", "index", "path", "size",
-                 "staging")
+    __slots__ = ("check", "checked", "device", "entry", "error", "fd", "index", "loop", "path",
+                 "size", "staging", "strict")
 
     def __init__(self, index: int, entry: Layer, path: str) -> None:
         self.index, self.entry, self.path = index, entry, path
@@ -47,7 +52,10 @@ class Candidate:
         self.size = 0
         self.error = ""
         self.staging = ""     # set once mounted
-        self.device = ""      # its loop device, once mounted
+        self.check = CHECK_NONE   # statusfile.CHECKS, chosen by start_checks
+        self.device = ""      # the dm-verity device's name, once made
+        self.strict = False   # overlay_agent.strict: verity corruption is fatal
+        self.loop = ""        # its loop device, once mounted
         self.checked = _thread.allocate_lock()
         self.checked.acquire()
 
@@ -62,8 +70,15 @@ class Candidate:
 
 
 def open_candidate(cand: Candidate) -> None:
-    """Open the image and check its size (cheap, before any hashing starts): a regular
-    file, not through a final symlink, never blocking on a fifo (agent.files)."""
+    """Open the image and check its size (cheap, before any hashing starts); a store
+    image waits for its store to be mounted (agent.boot.store opens it)."""
+    if not cand.entry.store:
+        open_image(cand)
+
+
+def open_image(cand: Candidate) -> None:
+    """Open an image: a regular file, not through a final symlink, never blocking on a
+    fifo (agent.files)."""
     try:
         cand.fd, cand.size = open_regular(cand.path, size=cand.entry.size)
     except OSError as exc:
@@ -125,14 +140,22 @@ def check_one(cand: Candidate, sha256: Callable[[], Any], buf: bytearray) -> Non
         cand.checked.release()
 
 
-def start_checks(cands: list[Candidate]) -> None:
-    """Check every candidate in list order on one thread per core; returns at once."""
+def start_checks(cands: list[Candidate], strict: bool = False) -> None:
+    """Choose each candidate's check, and run the sha256 ones in list order on one thread
+    per core; returns at once. Store images not opened yet are checked once they are."""
+    from agent.boot import verity
+
+    has_verity = any(c.entry.verity is not None for c in cands) and verity.kernel_has_verity()
     todo = []
     for cand in cands:
-        if cand.entry.sha256:
+        cand.check = verity.choose_check(cand.entry, has_verity)
+        cand.strict = strict
+        if cand.entry.store:
+            continue                  # agent.boot.store opens and checks it
+        if cand.check == CHECK_SHA256:
             todo.append(cand)
         else:
-            cand.checked.release()    # nothing to check
+            cand.checked.release()    # nothing to check now
     if not todo:
         return
     sha256 = sha256_constructor(sum(c.size for c in todo))

@@ -14,6 +14,7 @@ from typing import Any
 from agent.escape import escape, escape_json
 from agent.statusfile import (
     ACTIVE,
+    CHECK_NONE,
     STATUS_PATH,
     BootStatus,
     ExtensionStatus,
@@ -29,6 +30,7 @@ RESOURCE_VERSION = 1
 ROOT_TYPE = "RootStatuses.runtime.overlay-agent"   # the writable root, after the extensions
 ROOT_OWNER = "overlay-agent.boot"
 HEADER = ("NODE", "NAMESPACE", "TYPE", "ID", "VERSION", "NAME", "VERSION")
+CHECKED = ("CHECK",)          # only when some layer was checked (not a Talos-written list)
 EXTRA = ("PHASE", "REASON")   # only when some layer is not active
 PAD = 3
 
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+
 def resource_phase(ext: ExtensionStatus) -> str:
     """Talos shows `running` for a live resource; failed and skipped layers say so."""
     return "running" if ext.phase == ACTIVE else ext.phase
@@ -72,6 +75,8 @@ def to_resource(ext: ExtensionStatus, node: str) -> dict[str, Any]:
     if ext.compatibility:
         meta["compatibility"] = dict(ext.compatibility)
     spec: dict[str, Any] = {"image": ext.image, "metadata": meta}
+    if ext.check != CHECK_NONE:
+        spec["check"] = ext.check
     if ext.phase != ACTIVE:
         spec["reason"] = ext.reason
     return {
@@ -110,13 +115,14 @@ def resources(status: BootStatus, node: str) -> list[dict[str, Any]]:
 
 
 def render_table(status: BootStatus, node: str) -> str:
+    checked = any(e.check != CHECK_NONE for e in status.extensions)
     extra = any(e.phase != ACTIVE for e in status.extensions)
-    rows = [HEADER + (EXTRA if extra else ())]
+    rows = [HEADER + (CHECKED if checked else ()) + (EXTRA if extra else ())]
     for e in status.extensions:
         row = (node, NAMESPACE, TYPE_SHORT, e.id, str(RESOURCE_VERSION), e.name, e.version)
         # escaped: a newline in a name or version must not forge a row (the journal logs it)
-        rows.append(tuple(escape(cell) for cell in row + ((e.phase, e.reason) if extra
-                                                          else ())))
+        rows.append(tuple(escape(cell) for cell in row + ((e.check,) if checked else ())
+                          + ((e.phase, e.reason) if extra else ())))
     widths = [max(len(r[c]) for r in rows) + PAD for c in range(len(rows[0]) - 1)]
     return "".join(("".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False))
                     + r[-1]).rstrip() + "\n" for r in rows)

@@ -20,8 +20,12 @@ from agent.initramfs.elfdeps import Lookup, missing_in_tree
 from agent.initramfs.kmods import (
     BOOT_MODULES,
     DISK_MODULES,
+    OPTIONAL_BOOT_MODULES,
+    OPTIONAL_DISK_MODULES,
     KernelModule,
+    ModuleIndex,
     load_module_index,
+    present,
     resolve_load_order,
 )
 from agent.initramfs.pyruntime import AGENT_LIB, ENTRY_MODULES, PYTHON_LINK, build_runtime
@@ -92,8 +96,9 @@ def validate_spec(spec: InitramfsSpec) -> list[str]:
     return problems
 
 
-def wanted_modules(spec: InitramfsSpec) -> tuple[str, ...]:
-    return BOOT_MODULES + (DISK_MODULES if spec.disk_modules else ()) + spec.extra_modules
+def wanted_modules(spec: InitramfsSpec, index: ModuleIndex) -> tuple[str, ...]:
+    disk = DISK_MODULES + present(index, OPTIONAL_DISK_MODULES) if spec.disk_modules else ()
+    return BOOT_MODULES + present(index, OPTIONAL_BOOT_MODULES) + disk + spec.extra_modules
 
 
 def kernel_module_entries(spec: InitramfsSpec, order: Sequence[KernelModule],
@@ -144,7 +149,7 @@ def assemble(spec: InitramfsSpec) -> Assembly:
     problems = validate_spec(spec)
     try:
         index = load_module_index(spec.modules_dir, spec.kernel_release)
-        order = resolve_load_order(index, wanted_modules(spec))
+        order = resolve_load_order(index, wanted_modules(spec, index))
     except BuildError as exc:
         problems.append(str(exc))
     microcode, found = load_microcode(spec.microcode)

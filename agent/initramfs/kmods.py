@@ -12,6 +12,12 @@ from agent.errors import BuildError
 
 BOOT_MODULES: tuple[str, ...] = ("loop", "squashfs", "overlay")
 DISK_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4")
+# Taken when the kernel has them: dm-verity checks layers block by block (else the boot
+# hashes whole images); vfat and its default code pages mount an image store on an EFI or
+# boot partition. dm-verity's dependencies (dm-mod, dm-bufio) follow from modules.dep, and
+# devtmpfs makes /dev/mapper/control when dm-mod loads.
+OPTIONAL_BOOT_MODULES: tuple[str, ...] = ("dm_verity",)
+OPTIONAL_DISK_MODULES: tuple[str, ...] = ("vfat", "nls_cp437", "nls_ascii")
 
 _SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
 
@@ -102,6 +108,12 @@ def load_module_index(modules_dir: Path, release: str) -> ModuleIndex:
     return ModuleIndex(release, real, deps, {module_name(p): p for p in deps},
                        parse_softdeps(read_text(real / "modules.softdep")),
                        parse_aliases(read_text(real / "modules.alias")), builtin)
+
+
+def present(index: ModuleIndex, names: Sequence[str]) -> tuple[str, ...]:
+    """The modules of `names` this kernel has (as a file or built in)."""
+    return tuple(n for n in names if n.replace("-", "_") in index.by_name
+                 or n.replace("-", "_") in index.builtin)
 
 
 def pick_alias(index: ModuleIndex, alias: str) -> str | None:

@@ -31,6 +31,7 @@ PYTHON_LINK = "/usr/bin/python3"
 ENTRY_MODULES: tuple[str, ...] = (
     "agent.boot.main",
     "agent.boot.activate",
+    "agent.boot.verity",  # imported lazily, once a layer goes through dm-verity
     "agent.cli",
     "json",
     "traceback",

@@ -469,9 +469,10 @@ def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
     assert env.read(f"{SHARE}/layer") == "1"
     assert main(["get", "extensions", "--status", s.status_path, "--root", str(env.target)]) == 0
     rows = [line.split()[3:] for line in capsys.readouterr().out.splitlines()[1:]]
-    assert rows == [["000-ext0", "1", "ext0", "1.0", "active"],
-                    ["001-ext1", "1", "ext1", "1.1", "active"],
-                    ["002-ext2", "1", "ext2", "1.2", "skipped", "overlay_agent.skip=ext2"]]
+    assert rows == [["000-ext0", "1", "ext0", "1.0", "sha256", "active"],
+                    ["001-ext1", "1", "ext1", "1.1", "sha256", "active"],
+                    ["002-ext2", "1", "ext2", "1.2", "none", "skipped",
+                     "overlay_agent.skip=ext2"]]
 
 
 @pytest.mark.parametrize(("cmdline", "code", "line"), [
@@ -661,7 +662,7 @@ def test_get_marks_layers_whose_overlay_or_loop_device_is_gone(
     env.add(image_cache, [0, 1])
     env.activate()
     status = read_status(env.settings.status_path)
-    assert all(e.device.startswith("/dev/loop") for e in status.extensions)
+    assert all(e.loop.startswith("/dev/loop") for e in status.extensions)
     get = ["get", "extensions", "-o", "json", "--status", env.settings.status_path]
 
     def phases(root: Path) -> list[tuple[str, str]]:
@@ -674,7 +675,7 @@ def test_get_marks_layers_whose_overlay_or_loop_device_is_gone(
     assert phases(env.base) == [("gone", f"no overlay mounted at {env.base} any more")] * 2
     syscalls.umount2(str(env.target))          # the overlay held the last loop references
     assert still_attached([env.images / "000-ext0.sqsh"]) == []
-    dev0 = status.extensions[0].device
+    dev0 = status.extensions[0].loop
     assert phases(env.base)[0] == ("gone", f"no overlay mounted at {env.base} any more")
     gone = with_live_phases(status.replace(overlay=API_NONE))
     assert gone.extensions[0].reason == f"loop device {dev0} no longer holds 000-ext0.sqsh"

@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agent.errors import ListFileError
-from agent.listfile import KIND_MODULES, Layer, Metadata, dump_list, image_name, layer_id, read_list
+from agent.listfile import (
+    KIND_MODULES,
+    Layer,
+    Metadata,
+    Verity,
+    dump_list,
+    image_name,
+    layer_id,
+    read_list,
+)
 
 
 def _list() -> tuple[Layer, ...]:
@@ -59,3 +70,62 @@ def test_image_names_sort_in_layer_order_and_give_the_id(index: int, name: str, 
     assert image_name(index, name) == image
     assert layer_id(image) == image[:-5]
     assert layer_id("plain") == "plain"
+
+
+ROOT_HASH = "0123456789abcdef" * 4
+TREE = Verity(ROOT_HASH, "5a" * 32, 8192, 8192)
+
+
+def test_verity_and_store_round_trip_and_stay_out_of_plain_layers() -> None:
+    meta = Metadata("tool", "1.0")
+    layers = (Layer("000-tool.sqsh", meta, "ab" * 32, 16384, verity=TREE),
+              Layer("001-st.sqsh", meta, "cd" * 32, 16384, verity=TREE,
+                    store="0A1B-2C3D", path="oa/" + "cd" * 32 + ".sqsh"))
+    text = dump_list(layers)
+    assert read_list(text) == layers
+    doc = json.loads(text)
+    assert doc["layers"][0]["verity"] == {"root_hash": ROOT_HASH, "salt": "5a" * 32,
+                                          "data_size": 8192, "hash_offset": 8192}
+    assert "store" not in doc["layers"][0] and doc["layers"][1]["store"] == "0A1B-2C3D"
+    assert "verity" not in json.loads(dump_list(_list()))["layers"][0]
+
+
+def test_table_counts_hash_blocks_past_the_superblock() -> None:
+    assert (TREE.data_blocks, TREE.hash_start_block) == (2, 3)
+
+
+def _with(**changes: object) -> str:
+    raw: dict[str, object] = {"image": "000-t.sqsh", "metadata": {"name": "t", "version": "1"},
+                              "verity": TREE.to_dict()}
+    raw.update(changes)
+    return json.dumps({"layers": [raw]})
+
+
+AT = "/extensions.yaml: layers[0]: "
+
+
+@pytest.mark.parametrize("text,message", [
+    (_with(verity=[]), AT + "verity is not a mapping"),
+    (_with(verity={**TREE.to_dict(), "root_hash": "AB" * 32}),
+     AT + "verity root_hash is not 64 lowercase hex digits"),
+    (_with(verity={**TREE.to_dict(), "salt": "abc"}),
+     AT + "verity salt is not lowercase hex of at most 256 bytes"),
+    (_with(verity={**TREE.to_dict(), "data_size": 100}),
+     AT + "verity data_size 100 is not a positive multiple of 4096"),
+    (_with(verity={**TREE.to_dict(), "hash_offset": True}),
+     AT + "verity hash_offset True is not a positive multiple of 4096"),
+    (_with(verity={**TREE.to_dict(), "hash_offset": 4096}),
+     AT + "verity hash_offset 4096 is inside the data (8192 bytes)"),
+    (_with(store="not a uuid!", path="a.sqsh"), AT + "store 'not a uuid!' is not a filesystem UUID"),
+    (_with(store="0A1B-2C3D", path="a.sqsh", verity=None),
+     AT + "a store image needs verity (its root hash is what vouches for it)"),
+    (_with(store="0A1B-2C3D", path="/abs.sqsh"),
+     AT + "store path '/abs.sqsh' is not a relative path"),
+    (_with(store="0A1B-2C3D", path="oa/../x.sqsh"),
+     AT + "store path 'oa/../x.sqsh' has an empty, . or .. part"),
+    (_with(store="0A1B-2C3D"), AT + "store path None is not a relative path"),
+])
+def test_bad_verity_and_store_fields_give_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(ListFileError) as exc:
+        read_list(text)
+    assert str(exc.value) == message

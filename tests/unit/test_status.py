@@ -366,3 +366,58 @@ def test_bad_upper_records_name_every_problem(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(StatusError) as exc:
         read_status("F")
     assert str(exc.value) == message
+
+
+VERITY_OK = GVISOR.replace(check="verity", device="oa-layer-000")
+VERITY_BAD = BROKEN.replace(phase=ACTIVE, reason="", check="verity", device="oa-layer-001")
+CHECKED = BootStatus(extensions=(VERITY_OK, VERITY_BAD,
+                                 BROKEN.replace(index=2, id="002-b", image="002-b.sqsh", check="sha256")),
+                     root="/sysroot", overlay=API_MOUNT)
+
+TABLE_CHECKED = """\
+NODE   NAMESPACE   TYPE              ID                                         VERSION   NAME     VERSION             CHECK    PHASE       REASON
+n1     runtime     ExtensionStatus   000.ghcr.io-talos-systems-gvisor-54b831d   1         gvisor   20220117.0-v1.0.0   verity   active
+n1     runtime     ExtensionStatus   001-broken                                 1         broken   2.0                 verity   corrupted   dm-verity: a block failed its hash check (see the kernel log)
+n1     runtime     ExtensionStatus   002-b                                      1         broken   2.0                 sha256   failed      /extensions/001-broken.sqsh: size 1 bytes, the list says 2
+"""
+
+
+def test_check_and_device_round_trip_through_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    doc = status_to_dict(CHECKED)
+    for raw, ext in zip(doc["extensions"], CHECKED.extensions, strict=True):
+        raw.update(check=ext.check, device=ext.device)
+    write_json_atomic(str(path), doc)
+    assert read_status(str(path)) == CHECKED
+
+
+def test_a_status_without_checks_reads_as_none(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    doc = status_to_dict(ALL_ACTIVE)
+    for raw in doc["extensions"]:
+        del raw["check"], raw["device"]
+    write_json_atomic(str(path), doc)
+    assert [e.check for e in read_status(str(path)).extensions] == ["none"]
+
+
+def test_an_unknown_check_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    doc = status_to_dict(ALL_ACTIVE)
+    doc["extensions"][0]["check"] = "crc32"
+    write_json_atomic(str(path), doc)
+    with pytest.raises(StatusError) as exc:
+        read_status(str(path))
+    assert str(exc.value) == f"{path}: extensions[0]: unknown check 'crc32'"
+
+
+def test_table_shows_the_check_and_a_corrupted_verity_layer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.boot import verity
+    from agent.livecheck import mark_corrupted
+
+    # the fault: device-mapper status 'C' for one device (the VM tier makes it for real)
+    monkeypatch.setattr(verity, "device_state",
+                        lambda name: "C" if name == "oa-layer-001" else "V")
+    assert render_table(mark_corrupted(CHECKED), "n1") == TABLE_CHECKED
+    doc = json.loads(render_json(mark_corrupted(CHECKED), "n1").splitlines()[1])
+    assert (doc["metadata"]["phase"], doc["spec"]["check"]) == ("corrupted", "verity")

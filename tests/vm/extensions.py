@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import cpio
+from agent.bake.store import Store
 from agent.kernels import Kernel
 from devtools.images import CACHE, inputs_key, prune
 
@@ -99,15 +100,17 @@ def file_digest(path: Path) -> str:
 
 
 def bake(kernel: Kernel, initrd: Path, base_root: Path, specs: Sequence[ExtensionSpec],
-         kind: str, work: Path, *, later_wins: bool = False) -> Path:
+         kind: str, work: Path, *, later_wins: bool = False, verity: bool = False,
+         store: Store | None = None) -> Path:
     """`initrd` with `specs` baked in by the real `build` (cached by every input);
-    `later_wins`: a policy lets later layers ship a file of earlier ones."""
+    `later_wins`: a policy lets later layers ship a file of earlier ones; `verity`: hash
+    trees (the sha256 scenarios go without); `store`: images written there."""
     from agent.bake.build import BuildRequest, bake_initramfs
 
     key = inputs_key(kernel.release, file_digest(initrd), file_digest(base_root),
-                     str(later_wins), *(s.key() for s in specs))
+                     str(later_wins), str(verity), repr(store), *(s.key() for s in specs))
     out = CACHE / f"bake-{kind}-{kernel.suite}-{key}"
-    if not out.exists():
+    if store is not None or not out.exists():     # a store's images are not cached
         folders = [write_extension(work / kind, spec) for spec in specs]
         policy = None
         if later_wins:
@@ -115,7 +118,8 @@ def bake(kernel: Kernel, initrd: Path, base_root: Path, specs: Sequence[Extensio
             policy.write_text("duplicate_files: later-wins\n")
         tmp = out.with_name(f".{out.name}.tmp")
         bake_initramfs(BuildRequest(initrd, tmp, extensions=tuple(f"dir:{f}" for f in folders),
-                                     base_root=base_root, os_version="v1.7.0", policy=policy))
+                                     base_root=base_root, os_version="v1.7.0", policy=policy,
+                                     verity=verity, store=store))
         tmp.replace(out)
         prune(CACHE, f"bake-{kind}-{kernel.suite}-*", keep=KEEP)
     return out
@@ -198,10 +202,11 @@ def ere(text: str) -> str:
     return re.sub(r"([.+*?()\[\]{}|^$\\])", r"\\\1", text)
 
 
-def table_row(ext_id: str, name: str, version: str, tail: str = "") -> str:
-    """An ERE for one `get extensions` table row (`tail`: the PHASE/REASON columns)."""
-    row = " +".join(ere(cell) for cell in (NODE, "runtime", "ExtensionStatus", ext_id, "1",
-                                           name, version))
+def table_row(ext_id: str, name: str, version: str, tail: str = "", check: str = "") -> str:
+    """An ERE for one `get extensions` table row (`check`: the CHECK column, when shown;
+    `tail`: the PHASE/REASON columns)."""
+    cells = (NODE, "runtime", "ExtensionStatus", ext_id, "1", name, version)
+    row = " +".join(ere(cell) for cell in cells + ((check,) if check else ()))
     return row + (f" +{tail}" if tail else "")
 
 
@@ -215,7 +220,7 @@ def field_line(ext_id: str, phase: str, name: str, version: str, reason: str = "
 
 def all_lines(path: str, patterns: Sequence[str]) -> str:
     """Shell: the file has exactly len(patterns) (+ header) lines, each matching in order."""
-    header = 1 if path == "/tmp/table" else 0
+    header = 1 if path.startswith("/tmp/table") else 0   # a get extensions table
     tests = [f'[ "$(wc -l < {path})" -eq {len(patterns) + header} ]']
     tests += [f"sed -n {i + 1 + header}p {path} | grep -Eqx "
               + shell_quote(p).replace(RELEASE, "'\"$release\"'") for i, p in enumerate(patterns)]
@@ -223,14 +228,21 @@ def all_lines(path: str, patterns: Sequence[str]) -> str:
 
 
 def listing_checks(layers: Sequence[tuple[str, str, str]],
-                   states: Sequence[tuple[str, str]] = ()) -> list[Check]:
+                   states: Sequence[tuple[str, str]] = (),
+                   checks: Sequence[str] = ()) -> list[Check]:
     """`table` and `json` checks: `get extensions` shows `layers` (id, name, version) in
-    order, each in its state (phase, reason ERE); no states: all active, no PHASE column."""
+    order, each in its state (phase, reason ERE); no states: all active, no PHASE column.
+    `checks`: each layer's check (default sha256, none when skipped); no CHECK column when
+    every layer's is none."""
+    if not checks:
+        checks = ["none" if states and states[k][0] == "skipped" else "sha256"
+                  for k in range(len(layers))]
+    shown = any(c != "none" for c in checks)
     table, fields = [], []
     for k, (ext_id, name, version) in enumerate(layers):
         phase, reason = states[k] if states else ("active", "")
         tail = "" if not states else f"{phase} +{reason}" if reason else phase
-        table.append(table_row(ext_id, name, version, tail))
+        table.append(table_row(ext_id, name, version, tail, checks[k] if shown else ""))
         fields.append(field_line(ext_id, "running" if phase == "active" else phase, name,
                                  version, reason))
     return [Check("table", all_lines("/tmp/table", table)),

@@ -1,0 +1,175 @@
+"""The image store: extension images kept in a folder on a disk filesystem the boot can
+reach (the boot partition or the root filesystem) instead of inside the initramfs.
+
+Images are named by content (`SHA256.sqsh`), so the images of an old and a new initramfs
+sit side by side through an upgrade; the initramfs keeps only the list, which names the
+store's filesystem by UUID and each image by its path inside that filesystem. A lock file
+keeps `build` (images written, initramfs not yet) and `gc` apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from agent import listfile
+from agent.errors import AgentError, BuildError, UsageError
+from agent.output import write_atomically
+from agent.tools import run
+
+LOCK_NAME = ".overlay-agent.lock"
+IMAGE_NAME = re.compile(r"^[0-9a-f]{64}\.sqsh$")
+BOOT_DIR = Path("/boot")
+# initramfs formats the kernel unpacks: cpio "0707", gzip, xz, zstd, lz4 legacy
+INITRAMFS_MAGICS = (b"0707", b"\x1f\x8b", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd", b"\x02\x21\x4c\x18")
+
+
+@dataclass(frozen=True)
+class Store:
+    folder: Path          # where images are written on this machine
+    uuid: str             # the store filesystem's UUID, as the list names it
+    prefix: str           # `folder` inside that filesystem ("" at its top)
+
+
+def image_name(sha256: str) -> str:
+    return f"{sha256}.sqsh"
+
+
+def find_filesystem(folder: Path) -> tuple[str, str, str]:
+    """(mount point, UUID, fstype) of the filesystem holding `folder`, from findmnt."""
+    import shlex
+
+    proc = run(["findmnt", "-n", "-P", "-o", "TARGET,UUID,FSTYPE", "--target", folder],
+               capture=True, check=False)
+    pairs = dict(word.split("=", 1) for word in shlex.split(
+        proc.stdout.decode(errors="replace").splitlines()[0] if proc.stdout else "")
+        if "=" in word)
+    if proc.returncode != 0 or "TARGET" not in pairs:
+        raise UsageError(f"--store {folder}: cannot tell its filesystem (findmnt); "
+                         "give --store-uuid and --store-path")
+    return pairs["TARGET"], pairs.get("UUID", ""), pairs.get("FSTYPE", "")
+
+
+def locate_store(folder: Path, uuid: str | None = None, prefix: str | None = None) -> Store:
+    """The store at `folder`; `uuid`/`prefix` override what findmnt says (a folder that
+    becomes a filesystem image later, or a disk mounted elsewhere at boot)."""
+    if not folder.is_dir():
+        raise UsageError(f"--store {folder}: not a folder")
+    if uuid is None or prefix is None:
+        mount, found_uuid, fstype = find_filesystem(folder)
+        if uuid is None:
+            if not found_uuid:
+                raise UsageError(f"--store {folder}: its filesystem ({fstype}) has no UUID; "
+                                 "give --store-uuid")
+            uuid = found_uuid
+        if prefix is None:
+            prefix = os.path.relpath(folder.resolve(), mount)
+    prefix = "" if prefix in (".", "/") else prefix.strip("/")
+    try:
+        listfile.check_store_path(f"{prefix}/x" if prefix else "x", "--store-path")
+    except AgentError as exc:
+        raise UsageError(str(exc)) from None
+    return Store(folder, uuid, prefix)
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold the store's lock (flock, released however the process ends)."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise BuildError(f"{folder}: cannot open the store lock: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def put_image(store: Store, image: Path, layer: listfile.Layer) -> listfile.Layer:
+    """Copy `image` into the store under its content name (kept when already there) and
+    return the layer naming it there."""
+    if layer.verity is None:
+        raise BuildError(f"{layer.image}: a store image needs a verity hash tree")
+    name = image_name(layer.sha256)
+    dest = store.folder / name
+    if not (dest.is_file() and dest.stat().st_size == layer.size):
+        def write(out: BinaryIO) -> None:
+            with image.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+        write_atomically(dest, write)
+    path = f"{store.prefix}/{name}" if store.prefix else name
+    return layer.replace(store=store.uuid, path=path)
+
+
+# ---------------------------------------------------------------- gc
+
+def looks_like_initramfs(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError:
+        return False
+    return head.startswith(INITRAMFS_MAGICS)
+
+
+def boot_initramfs_files(boot: Path = BOOT_DIR) -> list[Path]:
+    """Every file directly under /boot that starts like an initramfs (names vary by distro)."""
+    try:
+        entries = sorted(boot.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if p.is_file() and not p.is_symlink() and looks_like_initramfs(p)]
+
+
+def list_of_initramfs(path: Path) -> tuple[listfile.Layer, ...]:
+    """The layers an initramfs lists (none when it has no list); AgentError when it cannot
+    be read: gc then refuses to remove anything."""
+    from agent.bake.segments import merged_members, split_segments
+
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise BuildError(f"{path}: cannot read: {exc.strerror}; nothing removed") from None
+    members = merged_members(split_segments(blob, str(path)))
+    entry = members.get(listfile.LIST_PATH.strip("/"))
+    if entry is None:
+        return ()
+    return listfile.read_list(entry.content().decode(errors="replace"),
+                              f"{path}:{listfile.LIST_PATH}")
+
+
+def referenced_names(initramfs: Sequence[Path], running_list: Path | None) -> set[str]:
+    """Content names of store images that any given initramfs, or the running system's
+    list, refers to (whatever the store UUID: keeping too much is the safe side)."""
+    lists = [list_of_initramfs(p) for p in initramfs]
+    if running_list is not None and running_list.is_file():
+        lists.append(listfile.read_list(running_list.read_text(errors="replace"),
+                                        str(running_list)))
+    return {os.path.basename(layer.path) for layers in lists for layer in layers if layer.store}
+
+
+def collect_garbage(folder: Path, initramfs: Sequence[Path] | None = None,
+                    running_list: Path | None = Path(listfile.BOUND_LIST_PATH)) -> list[str]:
+    """Remove store images no initramfs (default: those under /boot) and not the running
+    system refers to; return their names. Under the store lock, so no build is between
+    writing its images and its initramfs; each removal is one unlink."""
+    if not folder.is_dir():
+        raise UsageError(f"--store {folder}: not a folder")
+    files = list(initramfs) if initramfs is not None else boot_initramfs_files()
+    with locked(folder):
+        keep = referenced_names(files, running_list)
+        removed = []
+        for entry in sorted(folder.iterdir()):
+            if IMAGE_NAME.match(entry.name) and entry.name not in keep:
+                entry.unlink()
+                removed.append(entry.name)
+    return removed

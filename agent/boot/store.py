@@ -1,0 +1,70 @@
+"""Store images at boot: mount each store filesystem read-only (found by UUID, as root= is),
+then open its images and, without dm-verity, hash them.
+
+The initramfs carries only the list; the images sit on a disk filesystem that appears with
+the disks, so this runs in the second half of activation, after modules and the root. A
+store that cannot be found or mounted fails its layers (recorded), never the boot.
+"""
+
+from __future__ import annotations
+
+import os
+
+from agent.boot.cmdline import RootKind, RootSpec
+from agent.boot.verify import Candidate, LayerFailed, check_one, open_image, sha256_constructor
+from agent.errors import BootError
+from agent.statusfile import CHECK_SHA256
+
+STORE_WAIT = 10.0          # seconds for a store disk to appear after the root has
+STORE_DIR = "store"        # store N is mounted at STAGING/storeN
+
+
+def mount_store(uuid: str, target: str) -> str:
+    """Mount the filesystem with this UUID read-only at `target`; the problem, or ""."""
+    from agent import syscalls
+    from agent.boot.rootdev import probe_filesystem, wait_for_device
+
+    try:
+        device = wait_for_device(RootSpec(RootKind.UUID, uuid), STORE_WAIT)
+    except BootError:
+        return f"store UUID={uuid}: no such filesystem appeared within {STORE_WAIT:g} s"
+    except OSError as exc:     # the uevent socket: the store's layers fail, not the boot
+        return f"store UUID={uuid}: waiting for the device: {exc.strerror}"
+    info = probe_filesystem(device)
+    if info is None:
+        return f"store UUID={uuid} ({device}): no ext4 or vfat filesystem"
+    flags = syscalls.MS_RDONLY | syscalls.MS_NODEV | syscalls.MS_NOSUID | syscalls.MS_NOEXEC
+    try:
+        os.makedirs(target, exist_ok=True)
+        syscalls.mount(device, target, info.fstype, flags)
+    except OSError as exc:
+        return f"store UUID={uuid}: mount {device} ({info.fstype}): {exc.strerror}"
+    return ""
+
+
+def open_store_layers(cands: list[Candidate], staging_dir: str) -> None:
+    """Mount the stores the candidates need, open their images, check what needs a sha256;
+    each outcome lands on its candidate, whose `checked` is then released."""
+    stores: dict[str, tuple[str, str]] = {}     # uuid -> (mount point, problem)
+    buf = bytearray(0)
+    for cand in cands:
+        if not cand.entry.store:
+            continue
+        uuid = cand.entry.store
+        if uuid not in stores:
+            where = os.path.join(staging_dir, f"{STORE_DIR}{len(stores)}")
+            stores[uuid] = (where, mount_store(uuid, where))
+        where, problem = stores[uuid]
+        cand.path = os.path.join(where, cand.entry.path)
+        if not problem:
+            try:
+                open_image(cand)
+            except LayerFailed as exc:
+                problem = str(exc)
+        if problem or cand.check != CHECK_SHA256:
+            cand.error = problem
+            cand.checked.release()
+            continue
+        if not buf:
+            buf = bytearray(1 << 20)
+        check_one(cand, sha256_constructor(cand.size), buf)   # releases `checked`
