@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from agent.boot.layout import MODULES_LOAD
 from agent.contract import IMAGES_DIR, LIST_PATH, STATUS_PATH
 from agent.errors import UsageError
 
@@ -30,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="kernel command line with overlay_agent.* keys (default /proc/cmdline)")
     p.add_argument("--staging", default="/run/oa", metavar="DIR",
                    help="short directory for the per-layer mounts (default /run/oa)")
+    p.add_argument("--modules", default=MODULES_LOAD, metavar="PATH",
+                   help=f"kernel modules to load first, one path a line, dependencies first "
+                        f"(default {MODULES_LOAD}; missing: none)")
     p.set_defaults(func=run, light=True)
 
 
@@ -45,5 +49,19 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--cmdline {args.cmdline}: {exc.strerror}") from None
     settings = settings_from_cmdline(text, list_path=args.list, images_dir=args.images,
                                      status_path=args.status, staging_dir=args.staging)
+    load_hook_modules(args.modules)
     activate_mounted_root(args.root, settings)
     return 0
+
+
+def load_hook_modules(path: str) -> None:
+    """loop, squashfs and overlay, as PID 1 loads them: a distribution's initramfs loads only
+    what its own root needs. A module that fails is reported; its layers then fail and say so."""
+    from agent.boot.activate import report
+    from agent.boot.modules import load_modules
+    from agent.errors import BootError
+
+    try:
+        load_modules(path)
+    except BootError as exc:
+        report(str(exc))
