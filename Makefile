@@ -11,7 +11,7 @@ KERNELS := $(CACHE)/kernels
 SUITES ?= bookworm trixie
 export SOURCE_DATE_EPOCH ?= 1700000000
 
-.PHONY: all deps venv kernels test test-unit lint demo bench clean
+.PHONY: all deps venv kernels deb test test-unit lint demo bench clean
 
 all: test
 
@@ -26,6 +26,10 @@ $(VENV)/.stamp: setup.cfg pyproject.toml | deps
 
 kernels: venv
 	$(PY) -m agent fetch-kernels --cache $(KERNELS) $(SUITES)
+
+# The Debian package, built with debhelper and dh-python (pybuild) from the tracked files.
+deb: deps
+	bash scripts/build-deb.sh
 
 # All tiers in one run, inside a private mount namespace so no mount leaks to the host.
 test: deps venv kernels
@@ -45,4 +49,4 @@ bench: deps venv kernels
 	unshare --mount --propagation private $(PY) scripts/bench.py --kernels $(KERNELS) --out bench/results.md
 
 clean:
-	rm -rf $(CACHE)/demo build out
+	rm -rf $(CACHE)/demo build out dist

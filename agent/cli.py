@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.inspect",
     "agent.commands.get",
     "agent.commands.boot",
+    "agent.commands.initramfs_hook",
     "agent.commands.metrics",
 )
 

@@ -47,6 +47,7 @@ class BuildRequest:
     policy: Path | None = None
     epoch: int = 0
     jobs: int = 0
+    cache: Path | None = None      # registry images kept by digest (the initramfs hooks)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class BuildResult:
 
 # ---------------------------------------------------------------- load + validate
 
-def gather_sources(request: BuildRequest) -> tuple[list[str], list[str]]:
+def gather_sources(request: BuildRequest,
+                   allow_empty: bool = False) -> tuple[list[str], list[str]]:
     """Config images then --extension sources, in layer order; every problem with them."""
     sources: list[str] = []
     problems: list[str] = []
@@ -78,7 +80,7 @@ def gather_sources(request: BuildRequest) -> tuple[list[str], list[str]]:
             problems.append(str(exc))
     sources.extend(request.extensions)
     problems += find_duplicates(sources)
-    if not sources and not problems:
+    if not sources and not problems and not allow_empty:
         problems.append("no extensions: give --config with machine.install.extensions "
                         "or --extension SOURCE")
     if len(sources) > MAX_LAYERS:
@@ -121,7 +123,7 @@ def fetch_all(sources: Sequence[str], staging: Path, request: BuildRequest,
     """Fetch every source, even after one fails, so that every problem is reported at once."""
     from agent.image import fetch_extension
 
-    options = FetchOptions(insecure_registries=request.insecure_registries)
+    options = FetchOptions(insecure_registries=request.insecure_registries, cache=request.cache)
     fetched: list[UnpackedExtension] = []
     problems: list[str] = []
     for i, source in enumerate(sources):
@@ -242,6 +244,33 @@ def check_size(request: BuildRequest, input_size: int, archive_size: int) -> int
     return total
 
 
+def bake_layers(sources: Sequence[str], problems: list[str], request: BuildRequest, work: Path,
+                progress: Progress | None) -> tuple[list[BakedLayer], list[Path]]:
+    """Fetch and validate every source, then squash: the layers and the extension rootfs
+    folders. Raises ValidationFailed with `problems` and every new one, before any squash."""
+    unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once
+    exts, found = fetch_all(unique, work / "staging", request, progress) \
+        if len(unique) <= MAX_LAYERS else ([], [])
+    problems = problems + found
+    if exts:
+        problems += validate_all(exts, request)
+    roots = [(e.root, e.metadata) for e in exts if e.metadata is not None]
+    plan, found = plan_modules({e.source: e.root / "rootfs" for e in exts},
+                               request.base_root, request.kernel_release, work)
+    problems += found
+    if len(roots) + (plan is not None) > MAX_LAYERS:
+        problems.append(f"{len(roots) + 1} layers with the modules layer: overlayfs stacks "
+                        f"at most {MAX_LAYERS}")
+    if problems:
+        raise ValidationFailed(problems)
+    modules = None
+    if plan is not None:
+        modules = (plan, build_modules_layer(plan, [r / "rootfs" for r, _ in roots], work))
+    options = SquashOptions(request.compression, request.epoch, request.jobs)
+    layers = squash_layers(roots, modules, work, options, progress)
+    return layers, [r / "rootfs" for r, _ in roots]
+
+
 def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> BuildResult:
     """Validate everything first; write OUT only when every extension is good."""
     sources, problems = gather_sources(request)
@@ -252,32 +281,31 @@ def build_initramfs(request: BuildRequest, progress: Progress | None = None) -> 
                         f"{request.max_size} before any extension")
     with tempfile.TemporaryDirectory(prefix="overlay-agent-build.") as tmp:
         work = Path(tmp)
-        unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once
-        exts, found = fetch_all(unique, work / "staging", request, progress) \
-            if len(unique) <= MAX_LAYERS else ([], [])
-        problems += found
-        if exts:
-            problems += validate_all(exts, request)
-        roots = [(e.root, e.metadata) for e in exts if e.metadata is not None]
-        plan, found = plan_modules({e.source: e.root / "rootfs" for e in exts},
-                                   request.base_root, request.kernel_release, work)
-        problems += found
-        if len(roots) + (plan is not None) > MAX_LAYERS:
-            problems.append(f"{len(roots) + 1} layers with the modules layer: overlayfs stacks "
-                            f"at most {MAX_LAYERS}")
-        if problems:
-            raise ValidationFailed(problems)
-        modules = None
-        if plan is not None:
-            modules = (plan, build_modules_layer(plan, [r / "rootfs" for r, _ in roots], work))
-        options = SquashOptions(request.compression, request.epoch, request.jobs)
-        layers = squash_layers(roots, modules, work, options, progress)
+        layers, rootfs = bake_layers(sources, problems, request, work, progress)
         dest = resolve_in_tree(members, "lib/firmware")
-        archive = write_archive(archive_entries(
-            layers, firmware_entries([r / "rootfs" for r, _ in roots], dest), request.epoch),
-            work, request.compression)
+        archive = write_archive(archive_entries(layers, firmware_entries(rootfs, dest),
+                                                request.epoch), work, request.compression)
         archive_size = archive.stat().st_size
         total = check_size(request, len(blob), archive_size)
         write_output(request.output, blob, archive)
     return BuildResult(request.output, len(blob), archive_size, total,
                        tuple(b.layer for b in layers))
+
+
+def bake_into_tree(request: BuildRequest, destdir: Path,
+                   progress: Progress | None = None) -> tuple[contract.Layer, ...]:
+    """The initramfs hooks' bake: the same images, list file and firmware as build_initramfs,
+    written into the tree of an initramfs being built (initramfs-tools ${DESTDIR}, dracut
+    ${initdir}). An empty list is written too: the boot then records no extensions.
+    `request.initramfs` and `request.output` are not used."""
+    from agent.initramfs.tree import install_entries, resolve_dir
+
+    sources, problems = gather_sources(request, allow_empty=True)
+    with tempfile.TemporaryDirectory(prefix="overlay-agent-build.") as tmp:
+        work = Path(tmp)
+        layers, rootfs = bake_layers(sources, problems, request, work, progress) \
+            if sources or problems else ([], [])
+        dest = resolve_dir(destdir, "lib/firmware")
+        install_entries(archive_entries(layers, firmware_entries(rootfs, dest), request.epoch),
+                        destdir)
+    return tuple(b.layer for b in layers)
