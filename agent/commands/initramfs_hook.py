@@ -59,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
         initramfs=args.destdir, output=args.destdir, config=config, base_root=args.base_root,
         kernel_release=args.kernel_release, insecure_registries=tuple(args.insecure_registry),
         epoch=source_date_epoch(), cache=args.cache)
-    layers = bake_into_tree(request, args.destdir)
+    # the runtime first: on a tree without them yet, it makes the merged-/usr links
+    # (lib -> usr/lib) that the extensions' firmware then goes through
     added = install_entries(runtime_tree_entries(args.destdir, modules_dir,
                                                  args.kernel_release), args.destdir)
+    layers = bake_into_tree(request, args.destdir)
     names = ", ".join(f"{layer.metadata.name} {layer.metadata.version}" for layer in layers)
     print(f"overlay-agent: initramfs for {args.kernel_release}: agent runtime "
           f"{added.bytes} bytes; {len(layers)} extension(s){': ' + names if names else ''}",

@@ -31,15 +31,23 @@ sys.path.insert(0, "{AGENT_LIB}")
 from agent.cli import main
 sys.exit(main())
 """
-# What hook mode imports: the CLI (every subcommand registers, light) and the activation path.
+# What hook mode imports: the CLI (every subcommand registers, light) and the activation path,
+# with the modules it imports inside functions. yaml stays out: the baked list is JSON, and
+# reading an unusable list copes with its absence.
 HOOK_ENTRY_MODULES: tuple[str, ...] = (
     "agent.cli",
+    "agent.commands.boot",
     "agent.boot.activate",
+    "agent.boot.cmdline",
+    "agent.boot.console",
     "agent.boot.modules",
     "agent.boot.loop",
     "agent.boot.overlay",
+    "agent.boot.verify",
     "agent.syscalls",
+    "traceback",
     "_hashlib",  # OpenSSL's sha256; activation imports it lazily
+    "hashlib",   # the fallback where _sha256 is no built-in module (a shared one is not seen)
     "encodings.utf_8",
     "encodings.ascii",
     "encodings.latin_1",

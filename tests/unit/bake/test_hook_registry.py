@@ -69,4 +69,4 @@ def test_unreachable_and_uncached_fails_naming_each(registry: Registry, config: 
         assert line.startswith(registry.ref(f"extensions/{name}:1.0.0") + ": ")
         assert line.endswith(f"; not in the cache {tmp_path}/empty-cache")
     assert not (tree / "extensions.yaml").exists()
-    assert not (tree / "usr/lib/overlay-agent").exists()
+    assert not (tree / "extensions").exists()
