@@ -25,6 +25,7 @@ MODULES = (
     "bench_image",
     "bench_activate",
     "bench_initramfs",
+    "bench_debian",
 )
 
 

@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from agent.errors import SourceError, UnpackError
+from agent.errors import SourceError, ToolError, UnpackError
 from agent.image.manifest import load_manifest
 from agent.image.model import FetchOptions, UnpackedExtension
 from agent.image.oci import (
@@ -138,10 +138,11 @@ def pull_cached(src: Source, work: Path, options: FetchOptions,
     index = read_cache_index(cache)
     try:
         digest = resolve_digest(src, work, options)
-    except SourceError as exc:
+    except (SourceError, ToolError) as exc:   # unreachable, or no skopeo (only recommended)
+        reason = str(exc) if isinstance(exc, SourceError) else f"{src.text}: {exc}"
         digest = index.get(src.text, "")
         if not digest:
-            raise SourceError(f"{exc}; not in the cache {cache}") from None
+            raise SourceError(f"{reason}; not in the cache {cache}") from None
         return DirStore(src.text, layout), digest, digest_tag(digest)
     tag = digest_tag(digest)
     if not layout_has_tag(layout, tag):
