@@ -251,7 +251,7 @@ def prepare(scenario: Scenario, deb: Path, cache: Path = CACHE) -> Prepared:
         # a generic image: not tuned to the machine that builds it (this chroot's host)
         conf = tree / "etc/dracut.conf.d"
         conf.mkdir(parents=True, exist_ok=True)
-        (conf / "90-generic.conf").write_text('hostonly="no"\n')
+        (conf / "90-generic.conf").write_text('hostonly="no"\ncompress="zstd"\n')
         in_chroot(tree, "apt-get install -y -q --no-install-recommends dracut", network=True)
     install_agent(tree, deb)
     install_checks(tree)

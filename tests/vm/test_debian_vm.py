@@ -152,7 +152,7 @@ def test_corrupted_image_is_skipped_the_other_activates(bookworm: Prepared) -> N
     rows = extension_rows(result, token)
     assert rows["000-hello"][3] == "failed"
     assert "sha256" in " ".join(rows["000-hello"][4:])
-    assert rows["001-example-firmware"][3:] == ["running"]
+    assert rows["001-example-firmware"][3:] == ["active"]
 
 
 def test_unreachable_uncached_extension_fails_update_initramfs(bookworm: Prepared) -> None:
