@@ -16,7 +16,6 @@ mount half's modules (agent.syscalls loads libffi) load while the checks already
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
@@ -397,6 +396,7 @@ def activate_mounted_root(root_dir: str, settings: ActivationSettings) -> str:
     """Hook mode: the root is already mounted at root_dir (initramfs-tools ${rootmnt}, dracut
     /sysroot). Move it aside to staging/base and put the overlay at root_dir instead."""
     from agent import syscalls
+    from agent.boot.hookmode import move_mount, record_unmoved
 
     base = os.path.join(settings.staging_dir, "base")
     os.makedirs(base, exist_ok=True)
@@ -415,32 +415,3 @@ def activate_mounted_root(root_dir: str, settings: ActivationSettings) -> str:
         syscalls.mount(base, root_dir, None, syscalls.MS_MOVE)
     return root_dir
 
-
-def move_mount(src: str, dest: str) -> None:
-    """MS_MOVE; under systemd `/` is shared and the kernel refuses to move a mount out of a
-    shared parent (EINVAL), so the tree is made private first, as systemd's switch-root does
-    before its own move."""
-    from agent import syscalls
-
-    try:
-        syscalls.mount(src, dest, None, syscalls.MS_MOVE)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL or not os.path.ismount(src):
-            raise
-        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-        syscalls.mount(src, dest, None, syscalls.MS_MOVE)
-
-
-def record_unmoved(root_dir: str, settings: ActivationSettings, reason: str) -> None:
-    """No root to stack on: every layer that would have been stacked is recorded as failed
-    with `reason` (so `get extensions` says why), and the bare root boots; strict raises."""
-    run = start_activation(settings.replace(strict=False))
-    run.settings = settings
-    for cand in run.cands:
-        cand.wait_checked()
-        cand.close()
-        run.record(cand.index, cand.entry, statusfile.FAILED, reason)
-    run.notes.append(reason)
-    save_run_status(run, root_dir, statusfile.API_NONE)
-    if settings.strict:
-        raise BootError(f"{reason} (overlay_agent.strict)")
