@@ -10,7 +10,6 @@ namespace, so the prepared root is left as it was.
 
 from __future__ import annotations
 
-import re
 import shutil
 import statistics
 import subprocess
@@ -36,17 +35,6 @@ GOAL_BYTES = 4 * 2**20
 GOAL_RATIO = 1.10
 EMPTY_HOOK = "#!/bin/sh\nexit 0\n"
 EMPTY_LIST = "machine:\n  install:\n    extensions: []\n"
-ANALYZE = re.compile(r"Startup finished in (?P<k>[\d.]+)(?P<ku>m?s) \(kernel\) \+ "
-                     r"(?P<i>[\d.]+)(?P<iu>m?s) \(initrd\)")
-REACHED = re.compile(r"multi-user\.target reached after (?P<v>(?:\d+min )?[\d.]+)(?P<u>m?s)")
-
-
-def seconds(value: str, unit: str) -> float:
-    minutes = 0.0
-    if "min " in value:
-        m, value = value.split("min ")
-        minutes = float(m) * 60
-    return minutes + float(value) / (1000 if unit == "ms" else 1)
 
 
 def build_initrd(prepared: Prepared, release: str, variant: str, out: Path) -> float:
@@ -68,14 +56,15 @@ def build_initrd(prepared: Prepared, release: str, variant: str, out: Path) -> f
 
 
 def boot_to_multi_user(prepared: Prepared, release: str, initrd: Path, log: Path) -> float:
+    """Kernel start to multi-user.target: systemd's CLOCK_MONOTONIC stamp of the target,
+    which counts from the kernel's start (an initramfs-tools initrd is no systemd initrd,
+    so `systemd-analyze time` folds it into "kernel")."""
     token = "bench"
     result = boot_debian(prepared, release, "", log, initrd=initrd, token=token)
-    text = "\n".join(guest_lines(result.output, token, "ANALYZE"))
-    found, reached = ANALYZE.search(text), REACHED.search(text)
-    if not found or not reached:
-        raise RuntimeError(f"no systemd-analyze figures, see {log}:\n{result.output[-2000:]}")
-    return (seconds(found["k"], found["ku"]) + seconds(found["i"], found["iu"])
-            + seconds(reached["v"], reached["u"]))
+    stamp = guest_lines(result.output, token, "MULTI-USER-US")
+    if not stamp or not stamp[0].isdigit():
+        raise RuntimeError(f"no multi-user.target time, see {log}:\n{result.output[-2000:]}")
+    return int(stamp[0]) / 1e6
 
 
 def run(out: Path, kernels: Path) -> None:
@@ -92,11 +81,12 @@ def run(out: Path, kernels: Path) -> None:
                 img = work / f"{variant}.img"
                 times[variant].append(build_initrd(prepared, release, variant, img))
                 sizes[variant] = img.stat().st_size
-        boots = {"stock": [], "examples": []}   # type: dict[str, list[float]]
+        boots: dict[str, list[float]] = {"stock": [], "examples": []}
+        logs = ROOT / ".cache/debian/logs"
         for i in range(RUNS):
             for variant in boots:
                 boots[variant].append(boot_to_multi_user(
-                    prepared, release, work / f"{variant}.img", work / f"boot-{variant}-{i}.log"))
+                    prepared, release, work / f"{variant}.img", logs / f"bench-{variant}-{i}.log"))
     for name in ("hook", "list"):
         (prepared.tree / f"tmp/oa-bench-{name}").unlink()
     added_rt = sizes["runtime"] - sizes["stock"]
@@ -110,7 +100,7 @@ def run(out: Path, kernels: Path) -> None:
         f"The VM tier's prepared bookworm root, kernel {release}, initramfs-tools "
         "(MODULES=most, zstd); medians of "
         f"{RUNS}. Boots: QEMU TCG, 1 vCPU, `/` read-only, kernel start to multi-user.target "
-        "from `systemd-analyze time` (kernel + initrd + userspace until the target).\n\n"
+        "as systemd's monotonic stamp of the target.\n\n"
         "| figure | value | goal |\n| --- | --- | --- |\n"
         f"| Debian's initrd without the hook | {sizes['stock'] / mib:.2f} MiB | - |\n"
         f"| added by the hook, runtime alone (empty list) | {added_rt / mib:.2f} MiB "

@@ -49,6 +49,7 @@ check() { name=$1; shift; if "$@" > /dev/null 2>&1; then say PASS "$name"; else 
 state=$(systemctl is-system-running --wait)
 say STATE "$state"
 systemd-analyze time 2>&1 | while read -r line; do say ANALYZE "$line"; done
+say MULTI-USER-US "$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 systemctl --failed --no-legend --plain | while read -r unit rest; do say FAILED-UNIT "$unit"; done
 check hello-runs sh -c '/usr/local/bin/hello-extension | grep -q "hello from the hello extension"'
 check firmware-readable sh -c 'test "$(cat /usr/lib/firmware/overlay-agent/example.bin)" != ""'
