@@ -54,6 +54,9 @@ def test_contents_modes_and_conffile(deb_package: Path, tmp_path: Path) -> None:
     assert (config.images, problems) == ((), [])
     unit = (tmp_path / "tree/lib/systemd/system/overlay-agent-status.service").read_text()
     assert "ExecStart=/usr/bin/overlay-agent get extensions\n" in unit
+    # wanted by multi-user.target but ordered after it: the report never delays the boot
+    assert "After=local-fs.target multi-user.target\n" in unit
+    assert "WantedBy=multi-user.target\n" in unit
     launcher = (tmp_path / "tree/usr/bin/overlay-agent").read_text()
     assert launcher.startswith("#! /usr/bin/python3") or launcher.startswith("#!/usr/bin/python3")
 
