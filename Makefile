@@ -11,7 +11,7 @@ KERNELS := $(CACHE)/kernels
 SUITES ?= bookworm trixie
 export SOURCE_DATE_EPOCH ?= 1700000000
 
-.PHONY: all deps venv kernels test test-unit fuzz lint demo bench clean
+.PHONY: all deps venv kernels deb test test-unit fuzz lint demo bench clean
 
 all: test
 
@@ -32,6 +32,10 @@ kernels: venv
 # Fails the target when it left anything behind that was not there before: a socket or unit of
 # ours, an overlay-agent-* entry in the temporary folder, a mount or a loop device.
 LEFTOVERS := $(PY) -m devtools.leftovers
+
+# The Debian package, built with debhelper and dh-python (pybuild) from the tracked files.
+deb: deps
+	bash scripts/build-deb.sh
 
 # All tiers in one run, inside a private mount namespace so no mount leaks to the host.
 test: deps venv kernels
@@ -59,4 +63,4 @@ bench: deps venv kernels
 	unshare --mount --propagation private $(PY) scripts/bench.py --kernels $(KERNELS) --out bench/results.md
 
 clean:
-	rm -rf $(CACHE)/demo build out
+	rm -rf $(CACHE)/demo build out dist

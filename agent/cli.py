@@ -29,6 +29,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.gc",
     "agent.commands.get",
     "agent.commands.boot",
+    "agent.commands.initramfs_hook",
+    "agent.commands.metrics",
 )
 
 

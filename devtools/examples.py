@@ -21,22 +21,22 @@ overlay-agent get extensions -o yaml
 """
 
 
-def pack_sources(config: Path, base: Path, work: Path, epoch: int) -> Path:
-    """Pack every `dir:` image of CONFIG (relative to BASE) into an oci-archive under WORK;
+def pack_sources(config: Path, work: Path, epoch: int) -> Path:
+    """Pack every `dir:` image of CONFIG (relative to its folder) into an oci-archive under WORK;
     write and return a copy of CONFIG that names the archives instead."""
     import yaml
 
     from agent.image.pack import PackOptions, pack_extension
 
     docs = load_documents(config)
-    parsed, problems = validate_documents(str(config), docs)
+    parsed, problems = validate_documents(str(config), docs, str(config.parent))
     if problems:
         raise ValidationFailed(problems)
     work.mkdir(parents=True, exist_ok=True)
     images = []
     for i, image in enumerate(parsed.images):
         if image.startswith("dir:"):
-            folder = base / image[len("dir:"):]
+            folder = Path(image[len("dir:"):])
             archive = work / f"{i:03d}-{folder.name}.oci.tar"
             pack_extension(folder, archive, PackOptions(mtime=epoch))
             image = f"oci-archive:{archive}"
@@ -54,7 +54,7 @@ def bake_examples(examples: Path, initramfs: Path, output: Path, work: Path, *,
                   os_version: str | None = None, base_root: Path | None = None,
                   epoch: int = 0, progress: Progress | None = None) -> BuildResult:
     """Pack examples/*, then bake them with `examples/machine.yaml` into OUTPUT."""
-    config = pack_sources(examples / "machine.yaml", examples.parent, work, epoch)
+    config = pack_sources(examples / "machine.yaml", work, epoch)
     return bake_initramfs(BuildRequest(
         initramfs=initramfs, output=output, config=config, os_version=os_version,
         base_root=base_root, compression=Compression.ZSTD, epoch=epoch), progress)

@@ -28,6 +28,7 @@ MODULES = (
     "bench_initramfs",
     "bench_hostile",
     "bench_verity",
+    "bench_debian",
 )
 
 

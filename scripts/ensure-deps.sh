@@ -70,6 +70,8 @@ declare -A want=(
   [mkfs.ext4]=e2fsprogs [sfdisk]=fdisk [unshare]=util-linux [losetup]=mount
   [dpkg-deb]=dpkg [apt-get]=apt [iucode_tool]=iucode-tool
   [veritysetup]=cryptsetup-bin [mkfs.vfat]=dosfstools [mcopy]=mtools [findmnt]=mount
+  [dpkg-buildpackage]=dpkg-dev [dh]=debhelper [dh_python3]=dh-python [lintian]=lintian
+  [mmdebstrap]=mmdebstrap
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -80,6 +82,11 @@ done
 # the virtualenv module is split out of Debian's python3
 if ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
+fi
+# `make deb`: pybuild's pyproject plugin builds with Debian's python3-build and -installer
+if [ ! -e /usr/share/dh-python/dhpython/build/plugin_pyproject.py ] ||
+   ! /usr/bin/python3 -c 'import build, installer, setuptools, wheel' >/dev/null 2>&1; then
+  missing+=(pybuild-plugin-pyproject python3-setuptools python3-wheel python3-all)
 fi
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0

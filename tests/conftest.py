@@ -46,3 +46,14 @@ def private_mounts() -> None:
         pytest.skip("needs root (run through `make test`)")
     if not in_private_mount_ns():
         pytest.fail("kernel-tier tests must run under `unshare --mount` (use `make test`)")
+
+
+@pytest.fixture(scope="session")
+def deb_package() -> Path:
+    """dist/overlay-agent_VERSION_all.deb, built once per session by `make deb`'s script."""
+    import subprocess
+
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build-deb.sh")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ROOT / proc.stdout.strip().splitlines()[-1]

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from agent import cpio, listfile
 from agent.bake.config import find_duplicates, read_machine_config
 from agent.bake.depmod import ModulesPlan, build_modules_layer, modules_metadata, plan_modules
-from agent.bake.early import MicrocodeSource, load_microcode, plan_early, with_early
+from agent.bake.early import EarlyPlan, MicrocodeSource, load_microcode, plan_early, with_early
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.segments import MAX_UNPACKED, keep_links, merged_members, split_segments
 from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
@@ -76,7 +76,8 @@ class BuildResult:
 
 # ---------------------------------------------------------------- load + validate
 
-def gather_sources(request: BuildRequest) -> tuple[list[str], list[str]]:
+def gather_sources(request: BuildRequest,
+                   allow_empty: bool = False) -> tuple[list[str], list[str]]:
     """Config images then --extension sources, in layer order; every problem with them."""
     sources: list[str] = []
     problems: list[str] = []
@@ -88,7 +89,7 @@ def gather_sources(request: BuildRequest) -> tuple[list[str], list[str]]:
             problems.append(str(exc))
     sources.extend(request.extensions)
     problems += find_duplicates(sources)
-    if not sources and not problems:
+    if not sources and not problems and not allow_empty:
         problems.append("no extensions: give --config with machine.install.extensions "
                         "or --extension SOURCE")
     if len(sources) > listfile.MAX_LAYERS:
@@ -250,6 +251,41 @@ def check_size(request: BuildRequest, input_size: int, archive_size: int) -> int
     return total
 
 
+def bake_layers(sources: Sequence[str], problems: list[str], request: BuildRequest, work: Path,
+                progress: Progress | None,
+                more_checks: Callable[[list[UnpackedExtension]], list[str]] | None = None,
+                ) -> tuple[list[BakedLayer], list[UnpackedExtension]]:
+    """Fetch and validate every source (and run `more_checks` on them), then squash: the
+    layers and the extensions. Raises ValidationFailed with `problems` and every new one,
+    before anything is squashed."""
+    unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once
+    exts, found = fetch_sources(unique, work / "staging", request, progress) \
+        if len(unique) <= listfile.MAX_LAYERS else ([], [])
+    problems = problems + found
+    if exts:
+        problems += validate_all(exts, request)
+    exts = [e for e in exts if e.metadata is not None]
+    roots = [(e.root, e.metadata) for e in exts if e.metadata is not None]
+    plan, found = plan_modules({e.source: e.root / "rootfs" for e in exts},
+                               request.base_root, request.kernel_release, work)
+    problems += found
+    if len(roots) + (plan is not None) > listfile.MAX_LAYERS:
+        problems.append(f"{len(roots) + 1} layers with the modules layer: an overlay "
+                        f"stacks at most {listfile.MAX_LAYERS} above the root")
+    if more_checks is not None:
+        problems += more_checks(exts)
+    if problems:
+        raise ValidationFailed(problems)
+    modules = None
+    if plan is not None:
+        modules = (plan, build_modules_layer(plan, [r / "rootfs" for r, _ in roots], work))
+    options = SquashOptions(request.compression, request.epoch, request.jobs)
+    layers = squash_layers(roots, modules, work, options, progress, request.verity)
+    for b in layers:
+        log.info("squashed", image=b.layer.image, size=b.layer.size, sha256=b.layer.sha256)
+    return layers, exts
+
+
 def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> BuildResult:
     """Validate everything first; write OUT only when every extension is good."""
     sources, problems = gather_sources(request)
@@ -262,46 +298,49 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
         problems.append(f"{request.initramfs}: already {len(blob)} bytes, over --max-size "
                         f"{request.max_size} before any extension")
     with work_folder() as work:
-        unique = list(dict.fromkeys(sources))   # a duplicate is reported once, fetched once
-        exts, found = fetch_sources(unique, work / "staging", request, progress) \
-            if len(unique) <= listfile.MAX_LAYERS else ([], [])
-        problems += found
-        if exts:
-            problems += validate_all(exts, request)
-        roots = [(e.root, e.metadata) for e in exts if e.metadata is not None]
-        plan, found = plan_modules({e.source: e.root / "rootfs" for e in exts},
-                                   request.base_root, request.kernel_release, work)
-        problems += found
-        if len(roots) + (plan is not None) > listfile.MAX_LAYERS:
-            problems.append(f"{len(roots) + 1} layers with the modules layer: an overlay "
-                            f"stacks at most {listfile.MAX_LAYERS} above the root")
-        ucode, found = load_microcode([MicrocodeSource(e.metadata.name, e.source,
-                                                       e.root / "rootfs")
-                                       for e in exts if e.metadata is not None])
-        early, more = plan_early(blob, ucode, str(request.initramfs))
-        problems += found + more
-        if problems:
-            raise ValidationFailed(problems)
-        modules = None
-        if plan is not None:
-            modules = (plan, build_modules_layer(plan, [r / "rootfs" for r, _ in roots], work))
-        options = SquashOptions(request.compression, request.epoch, request.jobs)
-        layers = squash_layers(roots, modules, work, options, progress, request.verity)
-        for b in layers:
-            log.info("squashed", image=b.layer.image, size=b.layer.size, sha256=b.layer.sha256)
+        early: list[EarlyPlan | None] = [None]
+
+        def plan_microcode(exts: list[UnpackedExtension]) -> list[str]:
+            ucode, found = load_microcode([MicrocodeSource(e.metadata.name, e.source,
+                                                           e.root / "rootfs")
+                                           for e in exts if e.metadata is not None])
+            early[0], more = plan_early(blob, ucode, str(request.initramfs))
+            return found + more
+
+        layers, exts = bake_layers(sources, problems, request, work, progress, plan_microcode)
+        rootfs = [e.root / "rootfs" for e in exts]
         dest = resolve_in_tree(members, "lib/firmware")
         # the store lock spans images and initramfs: gc never sees the images unreferenced
         with locked(request.store.folder) if request.store else contextlib.nullcontext():
             if request.store is not None:
                 layers = store_layers(layers, request.store)
             archive = write_archive(archive_entries(
-                layers, firmware_entries([r / "rootfs" for r, _ in roots], dest),
-                request.epoch), work, request.compression)
+                layers, firmware_entries(rootfs, dest), request.epoch), work,
+                request.compression)
             archive_size = archive.stat().st_size
-            head = blob if early is None else with_early(early, blob, request.epoch)
+            head = blob if early[0] is None else with_early(early[0], blob, request.epoch)
             total = check_size(request, len(head), archive_size)
             write_output(request.output, head, archive)
         log.info("written", output=str(request.output), input_size=len(blob),
                  archive_size=archive_size, total=total)
     return BuildResult(request.output, len(blob), archive_size, total,
                        tuple(b.layer for b in layers))
+
+
+def bake_into_tree(request: BuildRequest, destdir: Path,
+                   progress: Progress | None = None) -> tuple[listfile.Layer, ...]:
+    """The initramfs hooks' bake: the same images, list file and firmware as bake_initramfs,
+    written into the tree of an initramfs being built (initramfs-tools ${DESTDIR}, dracut
+    ${initdir}). An empty list is written too: the boot then records no extensions.
+    `request.initramfs` and `request.output` are not used."""
+    from agent.initramfs.tree import install_entries, resolve_dir
+
+    sources, problems = gather_sources(request, allow_empty=True)
+    with work_folder() as work:
+        layers, exts = bake_layers(sources, problems, request, work, progress) \
+            if sources or problems else ([], [])
+        rootfs = [e.root / "rootfs" for e in exts]
+        dest = resolve_dir(destdir, "lib/firmware")
+        install_entries(archive_entries(layers, firmware_entries(rootfs, dest), request.epoch),
+                        destdir)
+    return tuple(b.layer for b in layers)

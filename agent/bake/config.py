@@ -1,5 +1,8 @@
 """Read the extension list out of a Talos machine config (`machine.install.extensions`).
 
+Local paths (`dir:`, `oci:`, `oci-archive:`, `docker-archive:`) are relative to the config
+file's folder, not to the working directory.
+
 Only `machine.install.extensions[].image` is read; every other key is ignored, so a real
 Talos config works. Talos >= 1.5 configs may hold several YAML documents: the one with a
 `machine` key is used.
@@ -41,8 +44,12 @@ def load_documents(path: Path) -> list[Any]:
         raise SourceError(f"{path}: {exc}") from None
 
 
-def validate_documents(where: str, docs: Sequence[Any]) -> tuple[MachineConfig, list[str]]:
-    """Pick the image list out of parsed documents; return it and EVERY problem found."""
+def validate_documents(where: str, docs: Sequence[Any],
+                       folder: str | None = None) -> tuple[MachineConfig, list[str]]:
+    """Pick the image list out of parsed documents; return it and EVERY problem found.
+    With `folder` (the config's own), relative local paths resolve against it."""
+    from agent.image.source import anchor_source
+
     problems: list[str] = []
     machines = [d for d in docs if isinstance(d, Mapping) and "machine" in d]
     if not machines:
@@ -63,7 +70,7 @@ def validate_documents(where: str, docs: Sequence[Any]) -> tuple[MachineConfig, 
         if not isinstance(image, str) or not image.strip():
             problems.append(f"{at}: needs an image (a non-empty string)")
             continue
-        images.append(image.strip())
+        images.append(image.strip() if folder is None else anchor_source(image.strip(), folder))
     return MachineConfig(where, tuple(images)), problems
 
 
@@ -81,4 +88,4 @@ def find_duplicates(sources: Sequence[str]) -> list[str]:
 
 def read_machine_config(path: Path) -> tuple[MachineConfig, list[str]]:
     """Load and validate `path`: the image list and every problem in it."""
-    return validate_documents(str(path), load_documents(path))
+    return validate_documents(str(path), load_documents(path), str(path.parent))

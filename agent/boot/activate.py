@@ -416,13 +416,16 @@ def activate_mounted_root(root_dir: str, settings: ActivationSettings) -> str:
     """Hook mode: the root is already mounted at root_dir (initramfs-tools ${rootmnt}, dracut
     /sysroot). Move it aside to staging/base and put the overlay at root_dir instead."""
     from agent import syscalls
+    from agent.boot.hookmode import move_mount, record_unmoved
 
     base = os.path.join(settings.staging_dir, "base")
     os.makedirs(base, exist_ok=True)
     try:
-        syscalls.mount(root_dir, base, None, syscalls.MS_MOVE)
+        move_mount(root_dir, base)
     except OSError as exc:
-        raise BootError(f"{root_dir}: cannot move the root mount aside: {exc.strerror}") from None
+        record_unmoved(root_dir, settings,
+                       f"{root_dir}: cannot move the root mount aside: {exc.strerror}")
+        return root_dir
     try:
         upper.make_base_readonly(base)
         result = activate_extensions(base, root_dir, settings)
@@ -432,3 +435,4 @@ def activate_mounted_root(root_dir: str, settings: ActivationSettings) -> str:
     if result == base:
         syscalls.mount(base, root_dir, None, syscalls.MS_MOVE)
     return root_dir
+

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from agent.boot.layout import MODULES_LOAD
 from agent.errors import BootError, UsageError
 from agent.escape import escape
 from agent.files import read_regular
@@ -35,6 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="kernel command line with overlay_agent.* keys (default /proc/cmdline)")
     p.add_argument("--staging", default="/run/oa", metavar="DIR",
                    help="short directory for the per-layer mounts (default /run/oa)")
+    p.add_argument("--modules", default=MODULES_LOAD, metavar="PATH",
+                   help=f"kernel modules to load first, one path a line, dependencies first "
+                        f"(default {MODULES_LOAD}; missing: none)")
     p.set_defaults(func=run, light=True)
 
 
@@ -56,9 +60,20 @@ def run(args: argparse.Namespace) -> int:
                                     images_dir=args.images, status_path=args.status,
                                     staging_dir=args.staging)
     try:
+        load_hook_modules(args.modules)
         activate_mounted_root(args.root, settings)
     except Exception as exc:  # never brick: exit 1 (the script's panic) only under strict
         if settings.strict:
             raise BootError(describe(exc)) from None
         print(f"overlay-agent: {escape(describe(exc))}; booting the bare root", file=sys.stderr)
     return 0
+
+
+def load_hook_modules(path: str) -> None:
+    """loop, squashfs and overlay, as PID 1 loads them: a distribution's initramfs loads only
+    what its own root needs. A module that fails is reported; its layers then fail and say so."""
+    from agent.boot.activate import report
+    from agent.boot.modules import load_modules
+
+    for line in load_modules(path).failed:
+        report(line)

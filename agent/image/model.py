@@ -37,3 +37,4 @@ class FetchOptions:
     insecure_registries: tuple[str, ...] = ()
     arch: str = "amd64"
     max_layer_size: int = DEFAULT_MAX_LAYER_SIZE
+    cache: Path | None = None   # registry images kept by digest (see agent.image.pull)

@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from agent.errors import SourceError, UnpackError
+from agent.errors import SourceError, ToolError, UnpackError
 from agent.image.manifest import load_manifest
 from agent.image.model import FetchOptions, UnpackedExtension
 from agent.image.oci import (
@@ -95,6 +95,66 @@ def pull(src: Source, work: Path, options: FetchOptions) -> tuple[DirStore, str]
     return DirStore(src.text, layout), digest
 
 
+CACHE_LAYOUT = "oci"               # one OCI layout: blobs shared, one tag per digest
+CACHE_INDEX = "sources.json"       # source text -> digest it last resolved to
+
+
+def digest_tag(digest: str) -> str:
+    return digest.replace(":", "-")      # an OCI ref name cannot hold ":"
+
+
+def read_cache_index(cache: Path) -> dict[str, str]:
+    try:
+        doc = json.loads((cache / CACHE_INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in doc.items() if isinstance(v, str)} if isinstance(doc, dict) else {}
+
+
+def write_cache_index(cache: Path, index: dict[str, str]) -> None:
+    from agent.output import write_bytes_atomically
+
+    write_bytes_atomically(cache / CACHE_INDEX, json.dumps(index, indent=1, sort_keys=True)
+                           .encode() + b"\n")
+
+
+def layout_has_tag(layout: Path, tag: str) -> bool:
+    try:
+        doc = json.loads((layout / "index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    manifests = doc.get("manifests") if isinstance(doc, dict) else None
+    return any(isinstance(m, dict) and isinstance(m.get("annotations"), dict)
+               and m["annotations"].get("org.opencontainers.image.ref.name") == tag
+               for m in manifests or [])
+
+
+def pull_cached(src: Source, work: Path, options: FetchOptions,
+                cache: Path) -> tuple[DirStore, str, str]:
+    """Pull into the cache's layout by digest (nothing copied when it is there already) and
+    remember the digest; with the registry unreachable, the digest the source last resolved
+    to is used from the cache. Returns the store, the digest and its tag."""
+    layout = cache / CACHE_LAYOUT
+    index = read_cache_index(cache)
+    try:
+        digest = resolve_digest(src, work, options)
+    except (SourceError, ToolError) as exc:   # unreachable, or no skopeo (only recommended)
+        reason = str(exc) if isinstance(exc, SourceError) else f"{src.text}: {exc}"
+        digest = index.get(src.text, "")
+        if not digest:
+            raise SourceError(f"{reason}; not in the cache {cache}") from None
+        return DirStore(src.text, layout), digest, digest_tag(digest)
+    tag = digest_tag(digest)
+    if not layout_has_tag(layout, tag):
+        cache.mkdir(parents=True, exist_ok=True)
+        skopeo(src, work, "copy", "--quiet", *tls_flag(src, options, "src-"),
+               "--override-os", "linux", "--override-arch", options.arch,
+               f"docker://{src.name}@{digest}", f"oci:{layout}:{tag}")
+    if index.get(src.text) != digest:
+        write_cache_index(cache, {**index, src.text: digest})
+    return DirStore(src.text, layout), digest, tag
+
+
 def unpack_image(store: Store, image: Image, root: Path, src: Source,
                  options: FetchOptions) -> None:
     root.mkdir()
@@ -111,6 +171,11 @@ def fetch_image(src: Source, work: Path, options: FetchOptions) -> UnpackedExten
     """Fetch, verify and unpack an image source into WORK/root."""
     root = work / "root"
     try:
+        if src.transport is Transport.DOCKER and options.cache is not None:
+            store, digest, tag = pull_cached(src, work, options, options.cache)
+            image = read_layout(store, tag, options.arch)
+            unpack_image(store, image, root, src, options)
+            return UnpackedExtension(src.text, root, digest, load_manifest(root).metadata)
         if src.transport is Transport.DOCKER:
             store, digest = pull(src, work, options)
             image = read_layout(store, "pulled", options.arch)

@@ -84,3 +84,19 @@ def parse_source(text: str) -> Source:
         raise SourceError(f"{text}: not an image source (want TRANSPORT:... with a transport "
                           f"of {known}, or REGISTRY/REPO:TAG)")
     return parse_docker(text, text)
+
+
+LOCAL_TRANSPORTS = (Transport.DIR, Transport.OCI, Transport.OCI_ARCHIVE, Transport.DOCKER_ARCHIVE)
+
+
+def anchor_source(text: str, folder: str) -> str:
+    """`text` with a relative local path made absolute against `folder` (a config file's
+    own folder, so the config means the same from any working directory). Registry sources,
+    absolute paths and text that is not a source come back unchanged."""
+    import os
+
+    prefix, sep, rest = text.partition(":")
+    if not sep or prefix not in {t.value for t in LOCAL_TRANSPORTS} or not rest \
+            or rest.startswith("/"):
+        return text
+    return f"{prefix}:{os.path.join(os.path.abspath(folder), rest)}"

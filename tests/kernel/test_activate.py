@@ -46,6 +46,7 @@ from agent.statusfile import (
 from agent.tools import run
 
 SHARE = "usr/local/share"
+MS_SHARED = 1 << 20
 
 
 @pytest.fixture(scope="session")
@@ -412,6 +413,75 @@ def test_hook_mode_without_layers_leaves_the_root(env: Env) -> None:
     assert not os.path.ismount(env.settings.staging_dir + "/base")
 
 
+def shared_parent_root(env: Env) -> Path:
+    """The base bound at a mount point whose parent mount is shared, as under systemd (which
+    makes / shared): the kernel refuses to MS_MOVE a mount out of a shared parent."""
+    parent = env.work / "p"
+    parent.mkdir()
+    syscalls.mount("p", str(parent), "tmpfs", 0, "mode=0755")
+    syscalls.mount(None, str(parent), None, MS_SHARED)
+    for name in ("root", "probe", "aside"):
+        (parent / name).mkdir()
+    root = parent / "root"
+    syscalls.mount(str(env.base), str(root), None, syscalls.MS_BIND)
+    # the case under test is real: a plain move out of this parent fails
+    syscalls.mount(str(env.base), str(parent / "probe"), None, syscalls.MS_BIND)
+    with pytest.raises(OSError) as exc:
+        syscalls.mount(str(parent / "probe"), str(parent / "aside"), None, syscalls.MS_MOVE)
+    assert exc.value.errno == errno.EINVAL
+    return root
+
+
+def test_hook_mode_under_a_shared_parent_mount(env: Env,
+                                                image_cache: Callable[[int], Path]) -> None:
+    env.add(image_cache, [0, 1])
+    root = shared_parent_root(env)
+    assert activate_mounted_root(str(root), env.settings) == str(root)
+    assert (root / SHARE / "layer").read_text() == "1"
+    assert (root / SHARE / "only-0").read_text() == "from 0"
+    assert os.path.ismount(env.settings.staging_dir + "/base")
+    status = read_status(env.settings.status_path)
+    assert [e.phase for e in status.extensions] == [ACTIVE, ACTIVE]
+    assert env.lines == []
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_hook_mode_failure_is_recorded(env: Env, image_cache: Callable[[int], Path],
+                                       strict: bool) -> None:
+    """A root that cannot be moved aside (here: not a mount point) boots bare, and the status
+    says why for every layer, so `get extensions` does not claim the agent never ran."""
+    env.add(image_cache, [0, 1])
+    settings = env.settings.replace(strict=strict)
+    reason = f"{env.target}: cannot move the root mount aside: Invalid argument"
+    if strict:
+        with pytest.raises(BootError, match=f"^{reason} \\(overlay_agent.strict\\)$"):
+            activate_mounted_root(str(env.target), settings)
+    else:
+        assert activate_mounted_root(str(env.target), settings) == str(env.target)
+    status = read_status(env.settings.status_path)
+    assert [(e.phase, e.reason) for e in status.extensions] == [(FAILED, reason)] * 2
+    assert status.notes == (reason,)
+    assert mounts_under(str(env.work / "s")) == []
+    assert not any(str(env.images) in f for f in attached_backing_files())
+
+
+def test_boot_command_loads_its_modules_first(env: Env, image_cache: Callable[[int], Path]
+                                              ) -> None:
+    """Hook mode loads the modules of its list itself; one that fails is one line, and the
+    activation goes on (on this kernel they are built in)."""
+    env.add(image_cache, [0])
+    (env.work / "cmdline").write_text("root=/dev/sda1\n")
+    (env.work / "modules.load").write_text("/lib/modules/none/loop.ko\n")
+    syscalls.mount(str(env.base), str(env.target), None, syscalls.MS_BIND)
+    s = env.settings
+    assert main(["boot", "--root", str(env.target), "--list", s.list_path, "--images",
+                 s.images_dir, "--status", s.status_path, "--staging", s.staging_dir,
+                 "--cmdline", str(env.work / "cmdline"),
+                 "--modules", str(env.work / "modules.load")]) == 0
+    assert env.lines == ["kernel module /lib/modules/none/loop.ko: No such file or directory"]
+    assert env.read(f"{SHARE}/layer") == "0"
+
+
 def loop_of(image: Path) -> Path:
     for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
         if entry.read_text().strip() == str(image):
@@ -476,10 +546,9 @@ def test_boot_command_hook_mode(env: Env, image_cache: Callable[[int], Path],
 
 
 @pytest.mark.parametrize(("cmdline", "code", "line"), [
-    ("root=/dev/sda1", 0, "overlay-agent: {root}: cannot move the root mount aside: Invalid "
-                          "argument; booting the bare root\n"),
+    ("root=/dev/sda1", 0, ""),     # recorded in the status; the bare root boots
     ("overlay_agent.strict", 1, "overlay-agent: error: {root}: cannot move the root mount "
-                                "aside: Invalid argument\n"),
+                                "aside: Invalid argument (overlay_agent.strict)\n"),
 ])
 def test_hook_mode_exits_non_zero_only_under_strict(env: Env, capsys: pytest.CaptureFixture[str],
                                                     cmdline: str, code: int, line: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "systemd" / "initramfs-tools" / "overlay-agent"
+SCRIPT = ROOT / "systemd" / "initramfs-tools" / "scripts" / "local-bottom" / "overlay-agent"
 FUNCTIONS = 'panic() { echo "PANIC: $*"; exit 9; }\n'
 
 
@@ -23,7 +23,8 @@ def make_root(tmp: Path, agent_exit: int, listed: bool, cmdline: str = "") -> Pa
     shutil.copy(busybox, root / "bin" / "busybox")
     (root / "bin" / "sh").symlink_to("busybox")   # sh only: no grep, no other applet
     (root / "scripts" / "functions").write_text(FUNCTIONS)
-    agent = root / "bin" / "overlay-agent"
+    (root / "usr" / "bin").mkdir(parents=True)
+    agent = root / "usr" / "bin" / "overlay-agent"
     agent.write_text(f'#!/bin/sh\necho "agent $*"\nexit {agent_exit}\n')
     agent.chmod(0o755)
     shutil.copy(SCRIPT, root / "hook")

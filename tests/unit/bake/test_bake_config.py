@@ -52,7 +52,40 @@ def test_reads_the_example_machine_config() -> None:
     root = Path(__file__).resolve().parents[3]
     config, problems = read_machine_config(root / "examples" / "machine.yaml")
     assert problems == []
-    assert config.images == ("dir:examples/hello", "dir:examples/example-firmware")
+    examples = root / "examples"
+    assert config.images == (f"dir:{examples}/hello", f"dir:{examples}/example-firmware")
+
+
+ANCHOR_CASES = [
+    ("dir:hello", "dir:/cfg/hello"),
+    ("dir:../x/y", "dir:/cfg/../x/y"),
+    ("oci:layout:1.0", "oci:/cfg/layout:1.0"),
+    ("oci-archive:a.tar", "oci-archive:/cfg/a.tar"),
+    ("docker-archive:d.tar", "docker-archive:/cfg/d.tar"),
+    ("dir:/abs/hello", "dir:/abs/hello"),
+    ("docker://reg.example:5000/ext/a:1", "docker://reg.example:5000/ext/a:1"),
+    ("reg.example/ext/a:1", "reg.example/ext/a:1"),
+    ("dir:", "dir:"),
+]
+
+
+@pytest.mark.parametrize("image,expected", ANCHOR_CASES, ids=[c[0] for c in ANCHOR_CASES])
+def test_local_paths_resolve_against_the_config_folder(image: str, expected: str) -> None:
+    config, problems = validate_documents(
+        "/cfg/m.yaml", [{"machine": {"install": {"extensions": [{"image": image}]}}}], "/cfg")
+    assert problems == []
+    assert config.images == (expected,)
+
+
+def test_config_paths_do_not_depend_on_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "m.yaml").write_text("machine:\n  install:\n    extensions:\n"
+                                 "      - image: dir:ext/hello\n")
+    monkeypatch.chdir(tmp_path)
+    config, _ = read_machine_config(Path("etc/m.yaml"))
+    assert config.images == (f"dir:{conf}/ext/hello",)
 
 
 def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:

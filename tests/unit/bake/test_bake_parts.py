@@ -135,6 +135,17 @@ def test_too_many_layers_and_no_layers_are_problems() -> None:
         "no extensions: give --config with machine.install.extensions or --extension SOURCE"]
 
 
+def test_build_config_paths_resolve_against_its_folder_extensions_against_cwd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/m.yaml").write_text(
+        "machine:\n  install:\n    extensions:\n      - image: oci-archive:a.tar\n")
+    monkeypatch.chdir(tmp_path)
+    request = BuildRequest(Path("in"), Path("out"), config=Path("etc/m.yaml"),
+                           extensions=("dir:b",))
+    assert gather_sources(request) == ([f"oci-archive:{tmp_path}/etc/a.tar", "dir:b"], [])
+
+
 def test_an_already_baked_input_is_refused(tmp_path: Path) -> None:
     img = tmp_path / "in.img"
     buf = io.BytesIO()

@@ -1,0 +1,72 @@
+"""`overlay-agent initramfs-hook`: what the initramfs-tools hook and the dracut module run
+while a distribution's initramfs is being built.
+
+Into the tree being built (initramfs-tools `${DESTDIR}`, dracut `${initdir}`) it writes the
+Python runtime hook mode needs (its own import and ELF closure, not whole folders), the
+launcher /usr/bin/overlay-agent, the load list of the loop/squashfs/overlay modules the
+calling tool has copied, and the extensions of the machine config, baked as `build` bakes
+them. Registry images are cached by digest, so a later rebuild works without the registry.
+Any problem is one line and a non-zero exit: the calling tool then keeps the old initramfs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from agent.commands.options import add_fetch_arguments, fetch_options
+from agent.errors import UsageError
+
+CONFIG = "/etc/overlay-agent/machine.yaml"
+CACHE = "/var/cache/overlay-agent"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "initramfs-hook", help="add the agent and the extensions to an initramfs being built",
+        description="Run by the initramfs-tools hook and the dracut module: add hook mode's "
+                    "Python runtime, the module load list and the machine config's "
+                    "extensions to the initramfs tree DESTDIR.")
+    p.add_argument("--destdir", type=Path, required=True, metavar="DIR",
+                   help="the initramfs tree being built (${DESTDIR}, dracut ${initdir})")
+    p.add_argument("--kernel-release", required=True, metavar="KVER",
+                   help="the kernel the initramfs is for")
+    p.add_argument("--config", type=Path, default=Path(CONFIG), metavar="FILE",
+                   help=f"Talos machine config listing the extensions (default {CONFIG}; "
+                        "missing: no extensions)")
+    p.add_argument("--cache", type=Path, default=Path(CACHE), metavar="DIR",
+                   help=f"registry images by digest (default {CACHE})")
+    p.add_argument("--modules-dir", type=Path, metavar="DIR",
+                   help="the kernel's modules folder (default /lib/modules/KVER)")
+    p.add_argument("--base-root", type=Path, default=Path("/"), metavar="PATH",
+                   help="the root the extensions will sit on (default /)")
+    add_fetch_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.bake.build import BuildRequest, bake_into_tree
+    from agent.initramfs.tree import check_tree, install_entries, runtime_tree_entries
+    from agent.output import source_date_epoch
+
+    check_tree(args.destdir)
+    if "/" in args.kernel_release or not args.kernel_release.strip("."):
+        raise UsageError(f"--kernel-release {args.kernel_release!r}: not a kernel release")
+    modules_dir = args.modules_dir or Path("/lib/modules", args.kernel_release)
+    config = args.config if args.config.exists() else None
+    request = BuildRequest(
+        initramfs=args.destdir, output=args.destdir, config=config, base_root=args.base_root,
+        kernel_release=args.kernel_release, epoch=source_date_epoch(),
+        fetch=dataclasses.replace(fetch_options(args), cache=args.cache))
+    # the runtime first: on a tree without them yet, it makes the merged-/usr links
+    # (lib -> usr/lib) that the extensions' firmware then goes through
+    added = install_entries(runtime_tree_entries(args.destdir, modules_dir,
+                                                 args.kernel_release), args.destdir)
+    layers = bake_into_tree(request, args.destdir)
+    names = ", ".join(f"{layer.metadata.name} {layer.metadata.version}" for layer in layers)
+    print(f"overlay-agent: initramfs for {args.kernel_release}: agent runtime "
+          f"{added.bytes} bytes; {len(layers)} extension(s){': ' + names if names else ''}",
+          file=sys.stderr)
+    return 0

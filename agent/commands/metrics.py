@@ -1,0 +1,41 @@
+"""`overlay-agent metrics`: the boot status as node_exporter textfile metrics, written
+atomically (node_exporter never reads half a file)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.statusfile import STATUS_PATH
+
+OUTPUT = "/var/lib/prometheus/node-exporter/overlay_agent.prom"
+STAGING = "/run/oa"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("metrics", help="write node_exporter textfile metrics of the boot",
+                       description="Write the extensions activated at boot as Prometheus "
+                                   "metrics for node_exporter's textfile collector.")
+    p.add_argument("--status", default=STATUS_PATH, metavar="PATH",
+                   help=f"status file written at boot (default {STATUS_PATH})")
+    p.add_argument("-o", "--output", type=Path, default=Path(OUTPUT), metavar="FILE",
+                   help=f"metrics file, replaced atomically (default {OUTPUT})")
+    p.add_argument("--staging", default=STAGING, metavar="DIR",
+                   help=f"the per-layer mount folder used at boot (default {STAGING})")
+    p.set_defaults(func=run, light=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import psutil
+
+    from agent.livecheck import with_live_phases
+    from agent.metrics import live_layers, overlay_lowers, render
+    from agent.output import write_bytes_atomically
+    from agent.statusfile import read_status
+
+    # phases as get shows them: a layer gone or corrupted since boot says so
+    status = with_live_phases(read_status(args.status))
+    lowers = overlay_lowers(psutil.disk_partitions(all=True))
+    text = render(status, live_layers(status, args.staging, lowers))
+    write_bytes_atomically(args.output, text.encode())
+    return 0

@@ -1,0 +1,34 @@
+#!/bin/bash
+# dracut module of overlay-agent: the same content as the initramfs-tools hook (the loop,
+# squashfs and overlay modules, hook mode's Python runtime, the extensions of
+# /etc/overlay-agent/machine.yaml), run by a systemd unit in a systemd initrd or by a
+# pre-pivot hook without systemd. A failure stops dracut, which keeps the old initramfs.
+
+check() {
+    require_binaries /usr/bin/overlay-agent || return 1
+    return 0
+}
+
+depends() {
+    return 0
+}
+
+installkernel() {
+    instmods loop squashfs overlay
+}
+
+install() {
+    # the modules must be in the tree before the agent lists them
+    instmods loop squashfs overlay
+    if ! /usr/bin/overlay-agent initramfs-hook --destdir "$initdir" \
+            --kernel-release "$kernel" --modules-dir "$srcmods"; then
+        dfatal "overlay-agent: cannot add the extensions to the initramfs"
+        exit 1
+    fi
+    if dracut_module_included "systemd"; then
+        inst_simple "$moddir/overlay-agent.service" "$systemdsystemunitdir/overlay-agent.service"
+        $SYSTEMCTL -q --root "$initdir" add-wants initrd-root-fs.target overlay-agent.service
+    else
+        inst_hook pre-pivot 50 "$moddir/overlay-agent-pre-pivot.sh"
+    fi
+}

@@ -1,0 +1,305 @@
+"""Real Debian systems for the VM tier: a minimal root made with mmdebstrap (systemd, the
+stock kernel, initramfs-tools or dracut), the built .deb installed with apt inside it, the
+example extensions listed in /etc/overlay-agent/machine.yaml, the initramfs rebuilt by the
+distribution's own tool, then an immutable root: `/` read-only in fstab on one ext4 disk,
+`/var` on a second, writable one. Free of pytest (the boot benchmark uses it too).
+
+Cached under .cache/debian: the mmdebstrap root by suite and package list, the prepared
+root and its disk images by every input (base, .deb, examples, scenario). Everything run in
+the chroot runs in a private mount namespace of its own, so its proc/sys/dev mounts end with
+it, whatever happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from qemu import BootResult, _run_group, accel_args
+
+from agent.kernels import derive_mirrors, render_sources
+from agent.tools import run
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache" / "debian"
+EXAMPLES = ROOT / "examples"
+TOKEN_KEY = "overlay_agent.test_token"
+MEMORY_MB = 1024
+BOOT_TIMEOUT = 420.0      # systemd under TCG on a shared 2-core machine: 40-120 s a boot
+FAKE_TIME = "1700000000"
+MACHINE_ID = "0a6e9e8b7c4d4f1e9a2b3c4d5e6f7a8b\n"
+
+# The package's dependencies come with the root, so `apt-get install ./x.deb` needs no mirror.
+BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64",
+                 "initramfs-tools", "python3", "python3-yaml", "python3-pyroute2",
+                 "python3-psutil", "python3-structlog", "python3-pyelftools", "squashfs-tools",
+                 "zstd")
+SECOND_KERNEL = "linux-image-cloud-amd64"   # another flavour: another release, small
+
+# Runs once the system is up (Type=simple: its start job ends at once, so the boot can
+# finish while it waits for that); prints what it finds on the console, then powers off.
+CHECK_SCRIPT = r"""#!/bin/sh
+token=$(sed -n 's/.*overlay_agent.test_token=\([^ ]*\).*/\1/p' /proc/cmdline)
+say() { echo "$1 $token $2" > /dev/console; }
+check() { name=$1; shift; if "$@" > /dev/null 2>&1; then say PASS "$name"; else say FAIL "$name"; fi; }
+state=$(systemctl is-system-running --wait)
+say STATE "$state"
+systemd-analyze time 2>&1 | while read -r line; do say ANALYZE "$line"; done
+say MULTI-USER-US "$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
+systemctl --failed --no-legend --plain | while read -r unit rest; do say FAILED-UNIT "$unit"; done
+check hello-runs sh -c '/usr/local/bin/hello-extension | grep -q "hello from the hello extension"'
+check firmware-readable sh -c 'test "$(cat /usr/lib/firmware/overlay-agent/example.bin)" != ""'
+overlay-agent get extensions 2>&1 | while read -r line; do say GET "$line"; done
+check journal-status-unit sh -c 'journalctl -b -o cat -u overlay-agent-status.service | grep -q "000-hello"'
+check metrics-file test -s /var/lib/prometheus/node-exporter/overlay_agent.prom
+grep -h '^overlay_agent_layer_mounted' /var/lib/prometheus/node-exporter/overlay_agent.prom 2>/dev/null |
+  while read -r line; do say METRIC "$line"; done
+check root-read-only sh -c '! touch /.oa-rw-probe'
+check var-writable sh -c 'touch /var/.oa-rw-probe'
+say DONE "$(uname -r)"
+systemctl poweroff --no-block
+"""
+CHECK_UNIT = """[Unit]
+Description=overlay-agent VM checks
+After=multi-user.target
+
+[Service]
+Type=simple
+ExecStart=/usr/local/sbin/oa-vm-checks
+
+[Install]
+WantedBy=multi-user.target
+"""
+# a generic image, not tuned to the machine that builds it (this chroot's host); zstd as
+# initramfs-tools (dracut's default gzip -9 of a generic image takes minutes)
+DRACUT_CONF = 'hostonly="no"\ncompress="zstd"\n'
+FSTAB = """/dev/vda / ext4 ro 0 0
+/dev/vdb /var ext4 defaults 0 0
+tmpfs /tmp tmpfs defaults,nosuid,nodev 0 0
+"""
+
+
+def key_of(*parts: str | bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def tree_key(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def in_chroot(tree: Path, script: str, *, check: bool = True, network: bool = False,
+              timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run `script` with sh in the chroot, /proc /sys /dev mounted in a private mount
+    namespace that ends with the command (nothing can be left mounted); with `network`,
+    the host's resolv.conf is bound over the root's for apt."""
+    setup = (f'set -e; r="{tree}"; mount -t proc proc "$r/proc"; mount -t sysfs sys "$r/sys"; '
+             'mount --rbind /dev "$r/dev"; ')
+    if network:
+        setup += ('[ -e "$r/etc/resolv.conf" ] || : > "$r/etc/resolv.conf"; '
+                  'mount --bind /etc/resolv.conf "$r/etc/resolv.conf"; ')
+    setup += 'exec chroot "$r" /bin/sh -c "$1"'
+
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+           "LC_ALL": "C.UTF-8", "HOME": "/root", "SOURCE_DATE_EPOCH": FAKE_TIME}
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", setup,
+                           "chroot", script], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"chroot {tree}: {script!r} exited {proc.returncode}:\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def base_root(suite: str, cache: Path = CACHE) -> Path:
+    """mmdebstrap's minimal root for `suite` (initramfs-tools); built once."""
+    packages = sorted(BASE_PACKAGES)
+    folder = cache / f"base-{suite}-{key_of(suite, *packages)}"
+    tree = folder / "root"
+    if (folder / "done").exists():
+        return tree
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    sources = render_sources(suite, derive_mirrors()).splitlines()
+    # its own proc/dev mounts in the target end with its namespace, even if it is killed
+    run(["unshare", "--mount", "--propagation", "private", "mmdebstrap", "--variant=apt",
+         "--mode=root", "--format=directory", f"--include={','.join(packages)}", "--skip=cleanup/apt/lists",
+         "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
+         "--dpkgopt=path-exclude=/usr/share/doc/*", suite, str(tree), *sources],
+        capture=True, timeout=3600)
+    (folder / "done").write_text("")
+    return tree
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What goes into a prepared root besides the base."""
+
+    suite: str
+    tool: str = "initramfs-tools"     # or dracut, installed over the base with apt
+    second_kernel: bool = False       # SECOND_KERNEL installed once the agent is set up
+
+    @property
+    def label(self) -> str:
+        return f"{self.suite}-{self.tool}" + ("-2k" if self.second_kernel else "")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    scenario: Scenario
+    folder: Path
+    tree: Path                 # the root, /var moved out to var/
+    var: Path
+    root_disk: Path
+    var_disk: Path
+    kernels: tuple[str, ...] = field(default=())   # releases with /boot/vmlinuz-R and initrd
+
+    def vmlinuz(self, release: str) -> Path:
+        return self.tree / "boot" / f"vmlinuz-{release}"
+
+    def initrd(self, release: str) -> Path:
+        return self.tree / "boot" / f"initrd.img-{release}"
+
+
+def pack_examples(dest: Path) -> None:
+    """oci-archives of the two examples, listed by a config relative to its folder."""
+    from agent.image.pack import PackOptions, pack_extension
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("hello", "example-firmware"):
+        pack_extension(EXAMPLES / name, dest / f"{name}.oci.tar", PackOptions(mtime=int(FAKE_TIME)))
+
+
+MACHINE_YAML = """version: v1alpha1
+machine:
+  install:
+    extensions:
+      - image: oci-archive:images/hello.oci.tar
+      - image: oci-archive:images/example-firmware.oci.tar
+"""
+
+
+def install_agent(tree: Path, deb: Path) -> None:
+    shutil.copy(deb, tree / "tmp" / deb.name)
+    in_chroot(tree, f"apt-get install -y -q --no-install-recommends /tmp/{deb.name}")
+    (tree / "tmp" / deb.name).unlink()
+    pack_examples(tree / "etc/overlay-agent/images")
+    (tree / "etc/overlay-agent/machine.yaml").write_text(MACHINE_YAML)
+
+
+def install_checks(tree: Path) -> None:
+    script = tree / "usr/local/sbin/oa-vm-checks"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(CHECK_SCRIPT)
+    script.chmod(0o755)
+    (tree / "etc/systemd/system/oa-vm-checks.service").write_text(CHECK_UNIT)
+    wants = tree / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "oa-vm-checks.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/oa-vm-checks.service")
+    (tree / "var/lib/prometheus/node-exporter").mkdir(parents=True, exist_ok=True)
+    (tree / "etc/fstab").write_text(FSTAB)
+    (tree / "etc/machine-id").write_text(MACHINE_ID)
+    (tree / "etc/hostname").write_text("oa-debian\n")
+
+
+def rebuild_initramfs(tree: Path, tool: str) -> str:
+    """The distribution's own rebuild of every installed kernel's initramfs; its output."""
+    if tool == "dracut":
+        return in_chroot(tree, "dracut --force --regenerate-all 2>&1").stdout
+    return in_chroot(tree, "update-initramfs -u -k all 2>&1").stdout
+
+
+def kernel_releases(tree: Path) -> tuple[str, ...]:
+    return tuple(sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*")))
+
+
+def make_disk(src: Path, image: Path, label: str, slack: float = 1.3) -> None:
+    used = int(run(["du", "-sb", src], capture=True).stdout.split()[0])
+    size_mb = max(64, int(used * slack / 2**20) + 64)
+    tmp = image.with_suffix(".tmp")
+    run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d", src, tmp,
+         f"{size_mb}M"], env={**os.environ, "E2FSPROGS_FAKE_TIME": FAKE_TIME}, capture=True)
+    os.replace(tmp, image)
+
+
+def prepare(scenario: Scenario, deb: Path, cache: Path = CACHE) -> Prepared:
+    """The scenario's root with the agent installed and the initramfs rebuilt, and its two
+    disk images; built once per set of inputs."""
+    base = base_root(scenario.suite, cache)
+    key = key_of(str(base), hashlib.sha256(deb.read_bytes()).hexdigest(), tree_key(EXAMPLES),
+                 CHECK_SCRIPT, CHECK_UNIT, FSTAB, MACHINE_YAML, DRACUT_CONF, repr(scenario))
+    folder = cache / f"prepared-{scenario.label}-{key}"
+    tree, var = folder / "root", folder / "var"
+    result = Prepared(scenario, folder, tree, var, folder / "root.ext4", folder / "var.ext4")
+    if (folder / "done").exists():
+        return replace(result, kernels=kernel_releases(tree))
+    for stale in cache.glob(f"prepared-{scenario.label}-*"):
+        shutil.rmtree(stale)
+    folder.mkdir(parents=True)
+    run(["cp", "-a", "--reflink=auto", base, tree])
+    if scenario.tool == "dracut":     # replaces initramfs-tools
+        conf = tree / "etc/dracut.conf.d"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "90-generic.conf").write_text(DRACUT_CONF)
+        in_chroot(tree, "apt-get install -y -q --no-install-recommends dracut", network=True)
+    install_agent(tree, deb)
+    install_checks(tree)
+    log = rebuild_initramfs(tree, scenario.tool)
+    if scenario.second_kernel:        # its postinst builds its initramfs: the hook runs
+        log += in_chroot(tree, f"apt-get install -y -q --no-install-recommends {SECOND_KERNEL} "
+                         "2>&1", network=True).stdout
+    (folder / "rebuild.log").write_text(log)
+    shutil.move(tree / "var", var)
+    (tree / "var").mkdir()
+    make_disk(tree, result.root_disk, "oa-root")
+    make_disk(var, result.var_disk, "oa-var", slack=1.5)
+    (folder / "done").write_text("")
+    return replace(result, kernels=kernel_releases(tree))
+
+
+def boot_debian(prepared: Prepared, release: str, append: str, log: Path, *,
+                initrd: Path | None = None, token: str = "",
+                timeout: float = BOOT_TIMEOUT) -> BootResult:
+    """Boot the root's own kernel and initramfs: the root disk read-only, a fresh copy of
+    the /var disk writable."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    var = log.with_suffix(".var.ext4")
+    run(["cp", "--sparse=always", "--reflink=auto", prepared.var_disk, var])
+    cmdline = f"console=ttyS0 root=/dev/vda ro panic=-1 {append}"
+    if token:
+        cmdline += f" {TOKEN_KEY}={token}"
+    argv = ["qemu-system-x86_64", "-nographic", "-no-reboot", "-m", str(MEMORY_MB),
+            "-smp", "1", *accel_args(),
+            "-kernel", str(prepared.vmlinuz(release)),
+            "-initrd", str(initrd or prepared.initrd(release)), "-append", cmdline,
+            "-serial", f"file:{log}", "-monitor", "none",
+            "-drive", f"file={prepared.root_disk},format=raw,if=virtio,readonly=on",
+            "-drive", f"file={var},format=raw,if=virtio"]
+    log.write_bytes(b"")
+    try:
+        code, seconds = _run_group(argv, timeout, log.with_name(log.name + ".qemu"))
+    finally:
+        var.unlink(missing_ok=True)
+    output = log.read_bytes().decode(errors="replace").replace("\r\n", "\n")
+    return BootResult(output=output, exit_code=code, timed_out=code is None, seconds=seconds)
+
+
+def guest_lines(output: str, token: str, kind: str) -> list[str]:
+    """What the guest's check script said of one kind (PASS, FAIL, GET, STATE...)."""
+    prefix = f"{kind} {token} "
+    return [line.split(prefix, 1)[1].rstrip() for line in output.splitlines() if prefix in line]
+
