@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "vm"))
+sys.path.insert(0, str(ROOT))
 
-from debian_root import (  # noqa: E402
+from devtools.debian_root import (  # noqa: E402
     Prepared,
     Scenario,
     boot_debian,

@@ -2,7 +2,7 @@
 two examples listed in /etc/overlay-agent/machine.yaml, the initramfs rebuilt by the
 distribution's tool, an immutable root (`/` ro, `/var` its own disk), booted with the root's
 own kernel and initramfs. The guest's check unit prints what it finds on the console (see
-debian_root.CHECK_SCRIPT); the assertions here read those lines.
+devtools.debian_root.CHECK_SCRIPT); the assertions here read those lines.
 
 Both suites: the happy path. Bookworm: a second kernel installed after the agent gets the
 extensions in its own initramfs (read back with `inspect`; booting it would add minutes),
@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from debian_root import (
+
+from agent import cpio
+from devtools.debian_root import (
     Prepared,
     Scenario,
     boot_debian,
@@ -28,9 +30,7 @@ from debian_root import (
     in_chroot,
     prepare,
 )
-from qemu import BootResult
-
-from agent import cpio
+from devtools.qemu import BootResult
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("bookworm", "trixie")

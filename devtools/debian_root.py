@@ -19,12 +19,11 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from qemu import BootResult, _run_group, accel_args
-
 from agent.kernels import derive_mirrors, render_sources
 from agent.tools import run
+from devtools.qemu import BootResult, _run_group, accel_args
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "debian"
 EXAMPLES = ROOT / "examples"
 TOKEN_KEY = "overlay_agent.test_token"
