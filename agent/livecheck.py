@@ -28,16 +28,15 @@ def overlay_mounted(mountpoint: str) -> bool | None:
                for p in psutil.disk_partitions(all=True))
 
 
-def loop_holds(device: str, image: str, sys_block: str = SYS_BLOCK) -> bool:
-    """Whether loop `device` is still attached to a file named `image` (the initramfs copy
-    is deleted after switch_root, which sysfs shows as a ` (deleted)` suffix)."""
+def loop_attached(device: str, sys_block: str = SYS_BLOCK) -> bool:
+    """Whether loop `device` is still attached to a file (its name is not compared: a store
+    image is content-named, and the initramfs copy shows ` (deleted)` after switch_root)."""
     name = os.path.basename(device)
     try:
         with open(os.path.join(sys_block, name, "loop", "backing_file"), "rb") as f:
-            backing = f.read().decode(errors="replace").strip()
+            return bool(f.read().strip())
     except OSError:
         return False
-    return os.path.basename(backing.removesuffix(" (deleted)")) == image
 
 
 def find_gone(status: BootStatus, root: str = "/", sys_block: str = SYS_BLOCK) -> dict[int, str]:
@@ -45,8 +44,8 @@ def find_gone(status: BootStatus, root: str = "/", sys_block: str = SYS_BLOCK) -
     active = [e for e in status.extensions if e.phase == ACTIVE]
     if active and status.overlay != API_NONE and overlay_mounted(root) is False:
         return {e.index: f"no overlay mounted at {root} any more" for e in active}
-    return {e.index: f"loop device {e.loop} no longer holds {e.image}" for e in active
-            if e.loop and not loop_holds(e.loop, e.image, sys_block)}
+    return {e.index: f"loop device {e.loop} is no longer attached" for e in active
+            if e.loop and not loop_attached(e.loop, sys_block)}
 
 
 def mark_corrupted(status: BootStatus) -> BootStatus:

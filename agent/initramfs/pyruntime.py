@@ -32,6 +32,7 @@ ENTRY_MODULES: tuple[str, ...] = (
     "agent.boot.main",
     "agent.boot.activate",
     "agent.boot.verity",  # imported lazily, once a layer goes through dm-verity
+    "agent.boot.hookmode",  # hook mode (`overlay-agent boot`) imports it lazily
     "agent.cli",
     "json",
     "traceback",

@@ -747,4 +747,4 @@ def test_get_marks_layers_whose_overlay_or_loop_device_is_gone(
     dev0 = status.extensions[0].loop
     assert phases(env.base)[0] == ("gone", f"no overlay mounted at {env.base} any more")
     gone = with_live_phases(status.replace(overlay=API_NONE))
-    assert gone.extensions[0].reason == f"loop device {dev0} no longer holds 000-ext0.sqsh"
+    assert gone.extensions[0].reason == f"loop device {dev0} is no longer attached"
