@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     request = BuildRequest(
         initramfs=args.destdir, output=args.destdir, config=config, base_root=args.base_root,
         kernel_release=args.kernel_release, epoch=source_date_epoch(),
-        fetch=dataclasses.replace(fetch_options(args), cache=args.cache))
+        fetch=dataclasses.replace(fetch_options(args), cache=args.cache),
+        # hash trees when cryptsetup-bin (recommended) is there; the boot checks sha256 else
+        verity=shutil.which("veritysetup") is not None)
     # the runtime first: on a tree without them yet, it makes the merged-/usr links
     # (lib -> usr/lib) that the extensions' firmware then goes through
     added = install_entries(runtime_tree_entries(args.destdir, modules_dir,

@@ -35,7 +35,7 @@ def test_name_and_control_fields(deb_package: Path) -> None:
     depends = [d.strip() for d in dpkg_deb("-f", str(deb_package), "Depends").split(",")]
     for want in REQUIRED_DEPENDS:
         assert want in depends
-    assert dpkg_deb("-f", str(deb_package), "Recommends").strip() == "skopeo"
+    assert dpkg_deb("-f", str(deb_package), "Recommends").strip() == "skopeo, cryptsetup-bin"
     assert dpkg_deb("-f", str(deb_package), "Architecture").strip() == "all"
 
 
