@@ -150,9 +150,9 @@ def test_corrupted_image_is_skipped_the_other_activates(bookworm: Prepared) -> N
     assert_running(result, token)
     assert guest_lines(result.output, token, "FAIL") == ["hello-runs"]
     rows = extension_rows(result, token)
-    assert rows["000-hello"][3] == "failed"
-    assert "sha256" in " ".join(rows["000-hello"][4:])
-    assert rows["001-example-firmware"][3:] == ["active"]
+    assert rows["000-hello"][3:5] == ["sha256", "failed"]     # CHECK, PHASE
+    assert "sha256" in " ".join(rows["000-hello"][5:])
+    assert rows["001-example-firmware"][3:] == ["sha256", "active"]
 
 
 def test_unreachable_uncached_extension_fails_update_initramfs(bookworm: Prepared) -> None:
