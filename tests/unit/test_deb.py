@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -61,10 +62,12 @@ def test_contents_modes_and_conffile(deb_package: Path, tmp_path: Path) -> None:
     assert launcher.startswith("#! /usr/bin/python3") or launcher.startswith("#!/usr/bin/python3")
 
 
-def test_lintian_reports_no_error(deb_package: Path) -> None:
+def test_lintian_reports_no_error(deb_package: Path, tmp_path: Path) -> None:
     if subprocess.run(["sh", "-c", "command -v lintian"], capture_output=True).returncode:
         pytest.fail("lintian missing: run `make deps`")
+    # lintian leaves its mldbm-* scratch files behind: keep them out of the system's /tmp
     proc = subprocess.run(["lintian", "--fail-on", "error", "--tag-display-limit", "0",
-                           str(deb_package)], capture_output=True, text=True, timeout=600)
+                           str(deb_package)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
     errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
     assert proc.returncode == 0 and errors == [], proc.stdout + proc.stderr
