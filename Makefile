@@ -37,18 +37,21 @@ LEFTOVERS := $(PY) -m devtools.leftovers
 deb: deps
 	bash scripts/build-deb.sh
 
+# pytest's own temporary folders under .cache, not the system's (pytest keeps its last three)
+PYTEST := $(PY) -m pytest -p no:cacheprovider --basetemp=$(CACHE)/pytest
+
 # All tiers in one run, inside a private mount namespace so no mount leaks to the host.
 test: deps venv kernels
 	$(LEFTOVERS) snapshot $(CACHE)/leftovers-test.json
-	status=0; unshare --mount --propagation private $(PY) -m pytest -p no:cacheprovider tests \
+	status=0; unshare --mount --propagation private $(PYTEST) tests \
 	  || status=$$?; $(LEFTOVERS) check $(CACHE)/leftovers-test.json || status=1; exit $$status
 
 test-unit: venv
-	$(PY) -m pytest -p no:cacheprovider tests/unit
+	$(PYTEST) tests/unit
 
 # The fuzz tier with the long budget (4000 examples a property; `make test` runs 100).
 fuzz: venv
-	OVERLAY_AGENT_FUZZ=long $(PY) -m pytest -p no:cacheprovider tests/fuzz
+	OVERLAY_AGENT_FUZZ=long $(PYTEST) tests/fuzz
 
 lint: venv
 	$(VENV)/bin/ruff check agent devtools tests scripts bench

@@ -28,7 +28,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ("docker-registry.service", "overlay-agent-status.service")
 PROGRAMS = ("docker-registry", "qemu-system-x86_64", "skopeo")   # what the tests start
-TEMP_PREFIX = "overlay-agent-"
+TEMP_PREFIXES = ("overlay-agent-", "pytest-of-")   # ours, and pytest's own
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def find_units() -> frozenset[str]:
 
 def find_temp() -> frozenset[str]:
     folder = Path(tempfile.gettempdir())
-    return frozenset(str(p) for p in folder.glob(f"{TEMP_PREFIX}*"))
+    return frozenset(str(p) for prefix in TEMP_PREFIXES for p in folder.glob(f"{prefix}*"))
 
 
 def find_mounts() -> frozenset[str]:
