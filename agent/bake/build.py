@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -162,7 +162,7 @@ class EarlyStep:
     blob: bytes
     where: str
     plan: EarlyPlan | None = None
-    shipped: tuple[str, ...] = field(default=())
+    shipped: tuple[str, ...] = ()
 
     def __call__(self, exts: list[UnpackedExtension]) -> list[str]:
         files, problems = load_microcode([MicrocodeSource(e.metadata.name, e.source,
