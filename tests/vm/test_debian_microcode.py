@@ -95,8 +95,9 @@ def fms_name(signature: int) -> str:
 
 
 def ucode_extensions(work: Path, suite: str) -> tuple[Path, Path, microcode.Blob]:
-    """The other release's packages as extensions, plus one update of this release's made
-    newer in intel-ucode: a blob each side must lose to the other somewhere."""
+    """The other release's packages as extensions, plus one of this release's updates made
+    newer in intel-ucode: the extensions win for that processor even against a newer host
+    package."""
     intel, amd = siderolabs_extensions(work, fetch_microcode(OTHER[suite]),
                                        intel_base="usr/lib/firmware")
     data = bumped_intel_blob(firmware(fetch_microcode(suite)["intel-microcode"], "intel-ucode"))
