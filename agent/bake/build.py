@@ -32,7 +32,7 @@ from agent.errors import AgentError, BuildError, ValidationFailed
 from agent.files import read_regular
 from agent.image.model import FetchOptions, UnpackedExtension
 from agent.log import get_logger
-from agent.output import write_atomically
+from agent.output import write_atomically, write_bytes_atomically
 from agent.tools import run
 
 log = get_logger("overlay_agent.build")
@@ -151,6 +151,26 @@ def validate_all(exts: Sequence[UnpackedExtension], request: BuildRequest) -> li
         options = ValidateOptions(request.os_version, request.base_root,
                                   load_policy(request.policy))
     return [str(p) for p in validate_extensions(exts, options)]
+
+
+@dataclass
+class EarlyStep:
+    """The early microcode archive on `blob`, planned once the extensions are validated (a
+    `more_checks` of bake_layers): the plan (None: no extension ships microcode) and which
+    extensions ship it."""
+
+    blob: bytes
+    where: str
+    plan: EarlyPlan | None = None
+    shipped: tuple[str, ...] = ()
+
+    def __call__(self, exts: list[UnpackedExtension]) -> list[str]:
+        files, problems = load_microcode([MicrocodeSource(e.metadata.name, e.source,
+                                                          e.root / "rootfs")
+                                          for e in exts if e.metadata is not None])
+        self.shipped = tuple(dict.fromkeys(f.label for f in files))
+        self.plan, more = plan_early(self.blob, files, self.where)
+        return problems + more
 
 
 # ---------------------------------------------------------------- build
@@ -298,16 +318,8 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
         problems.append(f"{request.initramfs}: already {len(blob)} bytes, over --max-size "
                         f"{request.max_size} before any extension")
     with work_folder() as work:
-        early: list[EarlyPlan | None] = [None]
-
-        def plan_microcode(exts: list[UnpackedExtension]) -> list[str]:
-            ucode, found = load_microcode([MicrocodeSource(e.metadata.name, e.source,
-                                                           e.root / "rootfs")
-                                           for e in exts if e.metadata is not None])
-            early[0], more = plan_early(blob, ucode, str(request.initramfs))
-            return found + more
-
-        layers, exts = bake_layers(sources, problems, request, work, progress, plan_microcode)
+        early = EarlyStep(blob, str(request.initramfs))
+        layers, exts = bake_layers(sources, problems, request, work, progress, early)
         rootfs = [e.root / "rootfs" for e in exts]
         dest = resolve_in_tree(members, "lib/firmware")
         # the store lock spans images and initramfs: gc never sees the images unreferenced
@@ -318,7 +330,7 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
                 layers, firmware_entries(rootfs, dest), request.epoch), work,
                 request.compression)
             archive_size = archive.stat().st_size
-            head = blob if early[0] is None else with_early(early[0], blob, request.epoch)
+            head = blob if early.plan is None else with_early(early.plan, blob, request.epoch)
             total = check_size(request, len(head), archive_size)
             write_output(request.output, head, archive)
         log.info("written", output=str(request.output), input_size=len(blob),
@@ -327,20 +339,42 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
                        tuple(b.layer for b in layers))
 
 
-def bake_into_tree(request: BuildRequest, destdir: Path,
-                   progress: Progress | None = None) -> tuple[listfile.Layer, ...]:
+@dataclass(frozen=True)
+class TreeBake:
+    layers: tuple[listfile.Layer, ...]
+    microcode: tuple[str, ...]    # the extensions shipping CPU microcode
+    early: bool                   # it went into the early archive (none given: left out)
+
+
+def read_early(path: Path) -> tuple[bytes, list[str]]:
+    try:
+        return path.read_bytes(), []
+    except OSError as exc:
+        return b"", [f"{path}: cannot read the early archive: {exc.strerror}"]
+
+
+def bake_into_tree(request: BuildRequest, destdir: Path, progress: Progress | None = None,
+                   early: Path | None = None) -> TreeBake:
     """The initramfs hooks' bake: the same images, list file and firmware as bake_initramfs,
     written into the tree of an initramfs being built (initramfs-tools ${DESTDIR}, dracut
     ${initdir}). An empty list is written too: the boot then records no extensions.
-    `request.initramfs` and `request.output` are not used."""
+    `early`: the early archives initramfs-tools collects to put first in the image (what
+    Debian's microcode hooks wrote, or nothing); the extensions' CPU microcode is merged
+    into it as build merges it into an image's. `request.initramfs` and `request.output`
+    are not used."""
     from agent.initramfs.tree import install_entries, resolve_dir
 
     sources, problems = gather_sources(request, allow_empty=True)
+    head, found = read_early(early) if early is not None else (b"", [])
+    step = EarlyStep(head, str(early))
     with work_folder() as work:
-        layers, exts = bake_layers(sources, problems, request, work, progress) \
-            if sources or problems else ([], [])
+        layers, exts = bake_layers(sources, problems + found, request, work, progress, step) \
+            if sources or problems or found else ([], [])
         rootfs = [e.root / "rootfs" for e in exts]
         dest = resolve_dir(destdir, "lib/firmware")
         install_entries(archive_entries(layers, firmware_entries(rootfs, dest), request.epoch),
                         destdir)
-    return tuple(b.layer for b in layers)
+        if early is not None and step.plan is not None:
+            write_bytes_atomically(early, with_early(step.plan, head, request.epoch))
+    return TreeBake(tuple(b.layer for b in layers), step.shipped,
+                    early is not None and step.plan is not None)

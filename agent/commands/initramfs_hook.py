@@ -6,6 +6,9 @@ Python runtime hook mode needs (its own import and ELF closure, not whole folder
 launcher /usr/bin/overlay-agent, the load list of the loop/squashfs/overlay modules the
 calling tool has copied, and the extensions of the machine config, baked as `build` bakes
 them. Registry images are cached by digest, so a later rebuild works without the registry.
+CPU microcode the extensions ship is merged into the early archive initramfs-tools puts
+first in the image (--early-cpio: the hook runs after Debian's microcode hooks have written
+theirs); dracut's is not open to its modules, so there it is left out, with a warning.
 Any problem is one line and a non-zero exit: the calling tool then keeps the old initramfs.
 """
 
@@ -41,6 +44,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"registry images by digest (default {CACHE})")
     p.add_argument("--modules-dir", type=Path, metavar="DIR",
                    help="the kernel's modules folder (default /lib/modules/KVER)")
+    p.add_argument("--early-cpio", type=Path, metavar="FILE",
+                   help="the early archive being collected (initramfs-tools "
+                        "${__TMPEARLYCPIO}): the extensions' CPU microcode is merged into it")
     p.add_argument("--base-root", type=Path, default=Path("/"), metavar="PATH",
                    help="the root the extensions will sit on (default /)")
     add_fetch_arguments(p)
@@ -67,9 +73,15 @@ def run(args: argparse.Namespace) -> int:
     # (lib -> usr/lib) that the extensions' firmware then goes through
     added = install_entries(runtime_tree_entries(args.destdir, modules_dir,
                                                  args.kernel_release), args.destdir)
-    layers = bake_into_tree(request, args.destdir)
-    names = ", ".join(f"{layer.metadata.name} {layer.metadata.version}" for layer in layers)
+    baked = bake_into_tree(request, args.destdir, early=args.early_cpio)
+    names = ", ".join(f"{la.metadata.name} {la.metadata.version}" for la in baked.layers)
+    shipped = ", ".join(baked.microcode)
     print(f"overlay-agent: initramfs for {args.kernel_release}: agent runtime "
-          f"{added.bytes} bytes; {len(layers)} extension(s){': ' + names if names else ''}",
+          f"{added.bytes} bytes; {len(baked.layers)} extension(s)"
+          f"{': ' + names if names else ''}"
+          f"{'; CPU microcode of ' + shipped + ' in the early archive' if baked.early else ''}",
           file=sys.stderr)
+    if baked.microcode and not baked.early:
+        print(f"overlay-agent: warning: CPU microcode of {shipped} left out: no early archive "
+              "to merge it into (--early-cpio)", file=sys.stderr)
     return 0

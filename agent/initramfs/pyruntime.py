@@ -27,12 +27,15 @@ AGENT_LIB = "/usr/lib/overlay-agent"
 PYTHON_LINK = "/usr/bin/python3"
 
 # Everything the agent may import on the boot path or in the booted system. Extend here when a
-# module imports something lazily (inside a function).
+# module imports something lazily (inside a function): hook mode's list is derived from this
+# one (agent.initramfs.tree.HOOK_ENTRY_MODULES), so both runtimes carry it.
 ENTRY_MODULES: tuple[str, ...] = (
     "agent.boot.main",
     "agent.boot.activate",
     "agent.boot.verity",  # imported lazily, once a layer goes through dm-verity
     "agent.boot.hookmode",  # hook mode (`overlay-agent boot`) imports it lazily
+    "agent.boot.upper",  # imported once overlay_agent.upper= asks for a writable root
+    "agent.boot.store",  # imported once a layer lives in the image store
     "agent.cli",
     "json",
     "traceback",
@@ -40,10 +43,15 @@ ENTRY_MODULES: tuple[str, ...] = (
     "agent.boot.uevent",
     "agent.livecheck",  # `get extensions` imports it lazily (psutil stays out: it copes)
     "_hashlib",  # OpenSSL's sha256, ~5x the built-in one; activation imports it lazily
+    "hashlib",   # the fallback where _sha256 is no built-in module (a shared one is not seen)
     "encodings.utf_8",
     "encodings.ascii",
     "encodings.latin_1",
 )
+# What hook mode leaves out of ENTRY_MODULES: the baked list is JSON and reading an unusable
+# one copes without yaml; initramfs-tools' udev has made the devices (no uevent socket, so no
+# pyroute2 and asyncio); `get extensions` runs in the booted system.
+PID1_ONLY_MODULES: tuple[str, ...] = ("json", "yaml", "agent.boot.uevent", "agent.livecheck")
 
 # Left out, because their importers cope with their absence: libyaml's accelerator
 # (yaml/__init__.py catches the ImportError of yaml.cyaml) and ssl, which asyncio (under

@@ -21,7 +21,7 @@ from agent.boot.layout import MODULES_LOAD
 from agent.errors import BuildError
 from agent.initramfs.elfdeps import walk_links
 from agent.initramfs.kmods import BOOT_MODULES, load_module_index, resolve_load_order
-from agent.initramfs.pyruntime import AGENT_LIB, PYTHON_LINK
+from agent.initramfs.pyruntime import AGENT_LIB, ENTRY_MODULES, PID1_ONLY_MODULES, PYTHON_LINK
 
 # /usr/bin/overlay-agent inside the initramfs (the local-bottom script and dracut's units run it)
 LAUNCHER_PATH = "/usr/bin/overlay-agent"
@@ -31,32 +31,11 @@ sys.path.insert(0, "{AGENT_LIB}")
 from agent.cli import main
 sys.exit(main())
 """
-# What hook mode imports: the CLI (every subcommand registers, light) and the activation path,
-# with the modules it imports inside functions. yaml stays out: the baked list is JSON, and
-# reading an unusable list copes with its absence.
+# What hook mode imports: the CLI with its `boot` subcommand, and PID 1's entry modules but
+# those it has no use for (the lazily imported activation modules come with them).
 HOOK_ENTRY_MODULES: tuple[str, ...] = (
-    "agent.cli",
     "agent.commands.boot",
-    "agent.boot.activate",
-    "agent.boot.hookmode",
-    "agent.boot.cmdline",
-    "agent.boot.console",
-    "agent.boot.modules",
-    "agent.boot.loop",
-    "agent.boot.overlay",
-    "agent.boot.verify",
-    "agent.boot.main",       # describe(), for hook mode's one-line failures
-    "agent.boot.upper",      # imported once overlay_agent.upper= asks for a writable root
-    "agent.boot.fstabview",
-    "agent.boot.verity",     # imported once a layer goes through dm-verity
-    "agent.boot.store",
-    "agent.syscalls",
-    "traceback",
-    "_hashlib",  # OpenSSL's sha256; activation imports it lazily
-    "hashlib",   # the fallback where _sha256 is no built-in module (a shared one is not seen)
-    "encodings.utf_8",
-    "encodings.ascii",
-    "encodings.latin_1",
+    *(m for m in ENTRY_MODULES if m not in PID1_ONLY_MODULES),
 )
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 

@@ -5,20 +5,44 @@ as extensions in the siderolabs layout."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.bake import microcode
 from agent.errors import SourceError
 from agent.kernels import PrivateApt, derive_mirrors
 from agent.output import write_bytes_atomically
 from agent.tools import run
+from tests.unit.bake.ucode import kernel_choice, refresh_intel_checksum
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "microcode"
 PACKAGES = ("intel-microcode", "amd64-microcode")
 COMPONENT = "non-free-firmware"
+
+
+def fetch_iucode_tool(suite: str, cache: Path = CACHE) -> Path:
+    """iucode-tool's .deb (main; intel-microcode depends on it), downloaded unless cached."""
+    debs = cache / suite / "main-debs"
+    found = sorted(debs.glob("iucode-tool_*.deb"))
+    if found:
+        return found[-1]
+    apt = PrivateApt(cache / "apt-main" / suite, suite, derive_mirrors())
+    apt.update()
+    apt.download(["iucode-tool"], debs)
+    found = sorted(debs.glob("iucode-tool_*.deb"))
+    if not found:
+        raise SourceError(f"{debs}: apt-get download left no iucode-tool_*.deb")
+    return found[-1]
+
+
+def package_debs(suite: str, cache: Path = CACHE) -> list[Path]:
+    """The .debs fetch_microcode downloaded, with iucode-tool's: what `dpkg -i` needs."""
+    fetch_microcode(suite, cache)
+    return [*sorted((cache / suite / "debs").glob("*.deb")), fetch_iucode_tool(suite, cache)]
 
 
 def fetch_microcode(suite: str, cache: Path = CACHE) -> dict[str, Path]:
@@ -78,14 +102,61 @@ def make_ucode_extension(base: Path, name: str, version: str) -> Path:
     return root
 
 
-def siderolabs_extensions(base: Path, tree: dict[str, Path]) -> tuple[Path, Path]:
-    """intel-ucode under /lib/firmware (split /usr), amd-ucode under /usr/lib/firmware with
-    linux-firmware's README beside the containers."""
+def siderolabs_extensions(base: Path, tree: dict[str, Path],
+                          intel_base: str = "lib/firmware") -> tuple[Path, Path]:
+    """intel-ucode under /lib/firmware (split /usr; `intel_base` for merged /usr), amd-ucode
+    under /usr/lib/firmware with linux-firmware's README beside the containers."""
     intel = make_ucode_extension(base, "intel-ucode", "20250812-v1.11.0")
     shutil.copytree(firmware(tree["intel-microcode"], "intel-ucode"),
-                    intel / "rootfs/lib/firmware/intel-ucode")
+                    intel / "rootfs" / intel_base / "intel-ucode")
     amd = make_ucode_extension(base, "amd-ucode", "20250811-v1.11.0")
     shutil.copytree(firmware(tree["amd64-microcode"], "amd-ucode"),
                     amd / "rootfs/usr/lib/firmware/amd-ucode")
     (amd / "rootfs/usr/lib/firmware/amd-ucode/README").write_bytes(b"text\n")
     return intel, amd
+
+
+# ---------------------------------------------------------------- checks
+
+
+def bumped_intel_blob(intel_dir: Path) -> bytes:
+    """A real update made newer (revision + 0x100), as if one side were ahead."""
+    for path in sorted(intel_dir.iterdir()):
+        for blob in microcode.parse_intel(path.read_bytes()):
+            if len(blob.signatures) == 1:
+                raw = bytearray(blob.data)
+                raw[4:8] = (blob.revision + 0x100).to_bytes(4, "little")
+                return refresh_intel_checksum(bytes(raw))
+    raise AssertionError("no update without an extended table")
+
+
+def iucode_list(path: Path) -> dict[int, set[str]]:
+    """`iucode_tool -l`: blob number -> its lines (one per signature, extended ones too)."""
+    proc = subprocess.run(["iucode_tool", "-tb", "-l", path], check=True, capture_output=True,
+                          text=True)
+    listed: dict[int, set[str]] = {}
+    for number, line in re.findall(r"^\s+\d+/(\d+): (.*)$", proc.stdout, re.MULTILINE):
+        listed.setdefault(int(number), set()).add(line)
+    return listed
+
+
+def newest_intel(files: Sequence[bytes]) -> dict[tuple[int, int], int]:
+    """(signature, platform bit) -> newest revision among the inputs."""
+    best: dict[tuple[int, int], int] = {}
+    for data in files:
+        for blob in microcode.parse_intel(data):
+            for bit in range(8):
+                if blob.platforms & (1 << bit) or (blob.platforms == 0 and bit == 0):
+                    key = (blob.signatures[0], bit)
+                    best[key] = max(best.get(key, 0), blob.revision)
+    return best
+
+
+def newest_amd_matches(merged: bytes, inputs: Sequence[bytes]) -> int:
+    """Checks that the kernel takes, for every signature of the inputs, the newest patch any
+    input has from `merged`; the number of signatures."""
+    signatures = {s for data in inputs for b in microcode.parse_amd(data) for s in b.signatures}
+    for sig in signatures:
+        assert kernel_choice(merged, sig) == max(
+            kernel_choice(data, sig) or 0 for data in inputs), hex(sig)
+    return len(signatures)

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import pytest
 from bake_support import archive, overlay_agent
-from microcode_debs import debian_early, fetch_microcode, firmware, siderolabs_extensions
+from microcode_debs import (
+    bumped_intel_blob,
+    debian_early,
+    fetch_microcode,
+    firmware,
+    iucode_list,
+    newest_amd_matches,
+    newest_intel,
+    siderolabs_extensions,
+)
 
 from agent import cpio
 from agent.bake import microcode
 from agent.bake.early import RECORD, leading_archives
 from agent.bake.segments import merged_members, split_segments
-from tests.unit.bake.ucode import kernel_choice, refresh_intel_checksum
 
 INTEL_BIN = "kernel/x86/microcode/GenuineIntel.bin"
 AMD_BIN = "kernel/x86/microcode/AuthenticAMD.bin"
@@ -26,17 +34,6 @@ AMD_BIN = "kernel/x86/microcode/AuthenticAMD.bin"
 @pytest.fixture(scope="module")
 def debs() -> dict[str, dict[str, Path]]:
     return {suite: fetch_microcode(suite) for suite in ("bookworm", "trixie")}
-
-
-def bumped_intel_blob(intel_dir: Path) -> bytes:
-    """A real update made newer (revision + 0x100), as if the host's package were ahead."""
-    for path in sorted(intel_dir.iterdir()):
-        for blob in microcode.parse_intel(path.read_bytes()):
-            if len(blob.signatures) == 1:
-                raw = bytearray(blob.data)
-                raw[4:8] = (blob.revision + 0x100).to_bytes(4, "little")
-                return refresh_intel_checksum(bytes(raw))
-    raise AssertionError("no update without an extended table")
 
 
 def debian_initrd(base: Path, tree: dict[str, Path]) -> tuple[Path, int]:
@@ -58,28 +55,6 @@ def build(out: Path, initrd: Path, *exts: Path, check: bool = True
     args = [a for e in exts for a in ("--extension", f"dir:{e}")]
     return overlay_agent("build", *args, "--os-version", "v1.7.0", "--initramfs", initrd,
                          "-o", out, check=check)
-
-
-def iucode_list(path: Path) -> dict[int, set[str]]:
-    """`iucode_tool -l`: blob number -> its lines (one per signature, extended ones too)."""
-    proc = subprocess.run(["iucode_tool", "-tb", "-l", path], check=True, capture_output=True,
-                          text=True)
-    listed: dict[int, set[str]] = {}
-    for number, line in re.findall(r"^\s+\d+/(\d+): (.*)$", proc.stdout, re.MULTILINE):
-        listed.setdefault(int(number), set()).add(line)
-    return listed
-
-
-def newest_intel(files: list[bytes]) -> dict[tuple[int, int], int]:
-    """(signature, platform bit) -> newest revision among the inputs."""
-    best: dict[tuple[int, int], int] = {}
-    for data in files:
-        for blob in microcode.parse_intel(data):
-            for bit in range(8):
-                if blob.platforms & (1 << bit) or (blob.platforms == 0 and bit == 0):
-                    key = (blob.signatures[0], bit)
-                    best[key] = max(best.get(key, 0), blob.revision)
-    return best
 
 
 def test_debian_microcode_baked_early_and_merged(tmp_path: Path,
@@ -122,12 +97,7 @@ def test_debian_microcode_baked_early_and_merged(tmp_path: Path,
     amd_inputs += [p.read_bytes() for p in sorted(
         (amd_ext / "rootfs/usr/lib/firmware/amd-ucode").glob("microcode_amd*.bin"))]
     merged_amd = names[AMD_BIN].content()
-    signatures = {s for data in amd_inputs for b in microcode.parse_amd(data)
-                  for s in b.signatures}
-    assert len(signatures) > 30
-    for sig in signatures:
-        assert kernel_choice(merged_amd, sig) == max(
-            kernel_choice(data, sig) or 0 for data in amd_inputs), hex(sig)
+    assert newest_amd_matches(merged_amd, amd_inputs) > 30
 
     tree = merged_members(split_segments(blob, "out"))
     assert not any("intel-ucode" in n or "amd-ucode" in n for n in tree

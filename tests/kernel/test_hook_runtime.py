@@ -29,9 +29,10 @@ def test_hook_runtime_stacks_the_examples_in_a_chroot(private_mounts: None,
     tree = tmp_path / "initrd"
     tree.mkdir()
     install_entries([*build_runtime(HOOK_ENTRY_MODULES).entries, launcher_entry()], tree)
-    layers = bake_into_tree(BuildRequest(tree, tree, config=ROOT / "examples/machine.yaml"),
-                            tree)
-    assert [la.metadata.name for la in layers] == ["hello", "example-firmware"]
+    baked = bake_into_tree(BuildRequest(tree, tree, config=ROOT / "examples/machine.yaml"),
+                           tree)
+    assert [la.metadata.name for la in baked.layers] == ["hello", "example-firmware"]
+    assert (baked.microcode, baked.early) == ((), False)
     for d in ("proc", "dev", "run", "sysroot", "base"):
         (tree / d).mkdir()
     (tree / "base/etc").mkdir(parents=True)

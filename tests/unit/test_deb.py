@@ -36,7 +36,8 @@ def test_name_and_control_fields(deb_package: Path) -> None:
     depends = [d.strip() for d in dpkg_deb("-f", str(deb_package), "Depends").split(",")]
     for want in REQUIRED_DEPENDS:
         assert want in depends
-    assert dpkg_deb("-f", str(deb_package), "Recommends").strip() == "skopeo, cryptsetup-bin"
+    recommends = dpkg_deb("-f", str(deb_package), "Recommends").strip()
+    assert recommends == "skopeo, cryptsetup-bin, iucode-tool"
     assert dpkg_deb("-f", str(deb_package), "Architecture").strip() == "all"
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.bake.test_bake_registry import config  # noqa: F401 - fixture
 from tests.unit.image.registry import Registry, serve
-from tests.unit.initramfs.test_initramfs_tree import KVER, MODULES, distro_tree, modules_dir
+from tests.unit.initramfs.test_initramfs_tree import KVER, hook_tree
 
 pytestmark = pytest.mark.registry
 ROOT = Path(__file__).resolve().parents[3]
@@ -26,11 +26,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 def hook(work: Path, name: str, machine: Path, cache: Path,
          *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
-    tree = distro_tree(work / name)
-    mods = modules_dir(work / f"{name}-host")
-    for rel in MODULES:
-        (tree / "lib/modules" / KVER / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tree / "lib/modules" / KVER / rel).write_bytes(b"\x7fELF")
+    tree, mods = hook_tree(work, name)
     proc = subprocess.run([sys.executable, "-m", "agent", "initramfs-hook", "--destdir",
                            str(tree), "--kernel-release", KVER, "--modules-dir", str(mods),
                            "--config", str(machine), "--cache", str(cache), *extra],

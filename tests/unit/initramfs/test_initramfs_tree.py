@@ -86,13 +86,19 @@ def test_a_module_the_tool_did_not_copy_is_one_error(tmp_path: Path) -> None:
                               "agent)")
 
 
-def test_hook_command_writes_runtime_modules_and_an_empty_list(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tree = distro_tree(tmp_path / "tree")
-    mods = modules_dir(tmp_path / "host")
+def hook_tree(work: Path, name: str = "tree") -> tuple[Path, Path]:
+    """The tree as the hook finds it (the three modules copied in), and the host's modules."""
+    tree = distro_tree(work / name)
+    mods = modules_dir(work / f"{name}-host")
     for rel in MODULES:
         (tree / "lib/modules" / KVER / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / "lib/modules" / KVER / rel).write_bytes(b"\x7fELF")
+    return tree, mods
+
+
+def test_hook_command_writes_runtime_modules_and_an_empty_list(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree, mods = hook_tree(tmp_path)
     config = tmp_path / "machine.yaml"
     config.write_text("machine:\n  install:\n    extensions: []\n")
     assert main(["initramfs-hook", "--destdir", str(tree), "--kernel-release", KVER,
