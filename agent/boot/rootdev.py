@@ -30,6 +30,7 @@ EXT_MAGIC = 0xEF53
 SQUASHFS_MAGIC = b"hsqs"
 GPT_SIGNATURE = b"EFI PART"
 MBR_PROTECTIVE = 0xEE
+POLL_INTERVAL = 0.05   # s, where no uevent socket is at hand
 
 
 class FsInfo(Value):
@@ -217,10 +218,13 @@ def wait_for_device(spec: RootSpec, timeout: float | None) -> str:
     found = find_device(spec)
     if found is not None:
         return found
-    # Costly import (pyroute2 and asyncio), paid only when the device is not there yet.
-    from agent.boot.uevent import UeventSocket
-
     deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        # Costly import (pyroute2 and asyncio), paid only when the device is not there yet.
+        from agent.boot.uevent import UeventSocket
+    except ImportError:
+        # Hook mode leaves the uevent socket out: udev is running there and makes the node.
+        return poll_for_device(spec, deadline, timeout)
     sock = UeventSocket()
     try:
         # Listen first, then look once more: a device added in between is not missed.
@@ -236,3 +240,11 @@ def wait_for_device(spec: RootSpec, timeout: float | None) -> str:
         return found
     finally:
         sock.close()
+
+
+def poll_for_device(spec: RootSpec, deadline: float | None, timeout: float | None) -> str:
+    while (found := find_device(spec)) is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise BootError(f"root={spec}: device did not appear within {timeout:g} s")
+        time.sleep(POLL_INTERVAL)
+    return found

@@ -138,3 +138,25 @@ def test_find_device(fake_system: tuple[str, str], spec: RootSpec, found: str | 
     sys_block, dev = fake_system
     result = find_device(spec, sys_block, dev)
     assert result == (None if found is None else f"{dev}/{found}")
+
+
+def test_wait_without_uevent_socket_polls(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hook mode's runtime has no uevent module: the wait polls until the node appears."""
+    import sys
+    import threading
+
+    from agent.boot.rootdev import wait_for_device
+    from agent.errors import BootError
+
+    monkeypatch.setitem(sys.modules, "agent.boot.uevent", None)   # import fails, as there
+    node = tmp_path / "vdc"
+    timer = threading.Timer(0.2, node.touch)
+    timer.start()
+    try:
+        assert wait_for_device(RootSpec(RootKind.PATH, str(node)), 5.0) == str(node)
+    finally:
+        timer.cancel()
+    missing = RootSpec(RootKind.PATH, str(tmp_path / "vdd"))
+    with pytest.raises(BootError, match=r"^root=.*vdd: device did not appear within 0.3 s$"):
+        wait_for_device(missing, 0.3)
