@@ -328,8 +328,6 @@ def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str
     # overlayfs reads lowerdir leftmost = topmost: the LAST list entry goes first, so later
     # entries win over earlier ones; the base root is the bottom; the list layer tops all.
     lowers = [path for _, path in reversed(run.mounted)] + [base_root]
-    if run.upper is not None:
-        upper.find_shadows(run.upper, lowers[:-1], run.settings.staging_dir)
     if list_layer is not None:
         lowers.insert(0, list_layer)
         run.mounted.append((-1, list_layer))

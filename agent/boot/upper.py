@@ -6,7 +6,8 @@ it, gives way to a tmpfs upper with the reason recorded (`note`, which raises un
 overlay_agent.strict); a work dir a crash left stale is emptied and the mount tried
 again. The base root stays read-only below. The upper's filesystem stays mounted at
 STAGING/upper, where a file that shadows an extension's can be removed (removing it
-through / would only hide the extension's file too).
+through / would only hide the extension's file too); such files are counted after boot
+(agent.shadows).
 """
 
 from __future__ import annotations
@@ -26,12 +27,9 @@ if TYPE_CHECKING:
     from agent.boot.activate import ActivationSettings
 
 UPPER_MOUNT = "upper"        # staging name of the upper's filesystem
-SHADOW_UNION = "shadows"     # staging name of the layers' union while shadows are sought
 UPPER_DIR, WORK_DIR = "upper", "work"
 UPPER_FSTYPE = "ext4"        # the writable filesystem rootdev recognises
 MIN_FREE = 1 << 20           # bytes: below this a device upper counts as full
-SHADOWS_SHOWN = 5            # paths of shadowing files kept in the status
-OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
 class UpperFailed(Exception):
@@ -59,8 +57,6 @@ class Upper:
         self.folder = ""          # mountpoint + spec.dir: holds upper/ and work/
         self.fallback = ""
         self.repaired = ""
-        self.shadowed: list[str] = []
-        self.shadowed_count = 0
         self.size = self.used = 0
 
     @property
@@ -88,8 +84,10 @@ class Upper:
             requested=str(self.spec), source=self.source,
             dir=self.spec.dir if self.mode == statusfile.ROOT_PERSISTENT else "",
             size_bytes=self.size, used_bytes=self.used, fallback=self.fallback,
-            repaired=self.repaired, shadowed_count=self.shadowed_count,
-            shadowed=self.shadowed)
+            repaired=self.repaired, shadowed=[],
+            # counted after boot (agent.shadows): a tmpfs upper hides nothing of its own
+            shadowed_count=statusfile.SHADOWS_UNCOUNTED
+            if self.mode == statusfile.ROOT_PERSISTENT else 0)
 
     def describe(self) -> str:
         if self.mode == statusfile.ROOT_PERSISTENT:
@@ -125,7 +123,6 @@ def open_upper(settings: ActivationSettings, base_root: str,
 def fall_back(up: Upper, reason: str, note: Callable[[str], None]) -> None:
     up.release()
     up.mode, up.source, up.folder = statusfile.ROOT_VOLATILE, "tmpfs", ""
-    up.shadowed, up.shadowed_count = [], 0      # the device's: not what the root shows
     up.fallback = f"{UPPER_KEY}={up.spec}: {reason}; a tmpfs upper serves instead"
     note(up.fallback)
 
@@ -227,86 +224,6 @@ def mount_writable(lowers: list[str], target: str, up: Upper,
     return overlay.mount_overlay(lowers, target, up.dirs)
 
 
-def find_shadows(up: Upper, layers: list[str], staging_dir: str) -> None:
-    """Files of a persistent upper that hide files the extension layers ship (the upper
-    wins in overlayfs): a non-directory, a whiteout or an opaque directory in the upper
-    where a layer has an entry. One walk over the layers' union (for a while a read-only
-    overlay of them at STAGING/shadows: the kernel merges the directories) and the upper
-    together, into the directories both have, the upper's side first: an empty upper
-    reads no layer."""
-    from agent import syscalls
-    from agent.boot import overlay
-
-    if up.mode != statusfile.ROOT_PERSISTENT or not layers or not _entries(up.dirs[0]):
-        return
-    union, scratch = layers[0], os.path.join(staging_dir, SHADOW_UNION)
-    if len(layers) > 1:
-        try:
-            os.makedirs(scratch, exist_ok=True)
-            overlay.mount_overlay(layers, scratch)
-            union = scratch
-        except OSError:
-            union = ""      # the kernel will not merge them: walk each layer instead
-            _rmdir(scratch)
-    found: set[str] = set()
-    try:
-        for lower in [union] if union else layers:
-            _shadows(lower, up.dirs[0], "", found)
-    finally:
-        if union == scratch:
-            try:
-                syscalls.umount2(scratch)
-            except OSError:
-                syscalls.umount2(scratch, syscalls.MNT_DETACH)
-            _rmdir(scratch)
-    up.shadowed_count = len(found)
-    up.shadowed = sorted(found)[:SHADOWS_SHOWN]
-
-
-def _rmdir(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
-
-
-def _entries(path: str) -> set[str]:
-    try:
-        return set(os.listdir(path))
-    except OSError:
-        return set()
-
-
-def _shadows(lower: str, upper: str, rel: str, found: set[str]) -> None:
-    names = _entries(upper)
-    if not names:
-        return
-    try:
-        with os.scandir(lower) as it:
-            entries = [entry for entry in it if entry.name in names]
-    except OSError:
-        return
-    for entry in entries:
-        above = os.path.join(upper, entry.name)
-        try:
-            st = os.lstat(above)
-        except OSError:
-            continue
-        path = f"{rel}/{entry.name}"
-        if stat.S_ISDIR(st.st_mode) and entry.is_dir(follow_symlinks=False) \
-                and not _opaque(above):
-            _shadows(entry.path, above, path, found)
-        else:
-            found.add(path)
-
-
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
 def make_base_readonly(base: str) -> None:
     """Hook mode: the initramfs may have mounted the root read-write (`rw`); below the
     overlay it is read-only whatever the command line says. The filesystem itself when
@@ -327,8 +244,6 @@ def announce_root(up: Upper | None) -> None:
         return
     up.measure()
     announce(up.describe())
-    if up.shadowed_count:
-        announce(statusfile.shadow_line(up.shadowed_count, up.shadowed), warning=True)
 
 
 def root_mode(up: Upper | None, overlaid: bool) -> str:

@@ -39,6 +39,7 @@ ENTRY_MODULES: tuple[str, ...] = (
     "yaml",
     "agent.boot.uevent",
     "agent.livecheck",  # `get extensions` imports it lazily (psutil stays out: it copes)
+    "agent.shadows",  # `get extensions` imports it lazily too
     "_hashlib",  # OpenSSL's sha256, ~5x the built-in one; activation imports it lazily
     "encodings.utf_8",
     "encodings.ascii",
