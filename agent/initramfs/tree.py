@@ -38,6 +38,7 @@ HOOK_ENTRY_MODULES: tuple[str, ...] = (
     "agent.cli",
     "agent.commands.boot",
     "agent.boot.activate",
+    "agent.boot.stack",
     "agent.boot.hookmode",
     "agent.boot.cmdline",
     "agent.boot.console",
