@@ -9,14 +9,16 @@ file, where the table, yaml, json and later readers find it.
 
 After boot no layer is mounted at a path (the overlay holds its own clones), so a child
 process in a mount namespace of its own mounts them again read-only from their loop or
-dm-verity devices, and the upper from its device: the kernel hands back the superblocks
-already in use, and the namespace, with every mount in it, ends with the child.
+dm-verity devices (the kernel hands back the superblocks already in use, and the namespace,
+with every mount in it, ends with the child). The upper is read where its filesystem is
+mounted (the boot leaves it at STAGING/upper); its device is never mounted here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 from agent.statusfile import (
@@ -32,6 +34,7 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 UPPER_FSTYPE = "ext4"        # as agent.boot.upper mounts it
 LAYER_FSTYPE = "squashfs"
 SYS_BLOCK = "/sys/block"
+MOUNTINFO = "/proc/self/mountinfo"
 MAX_REPLY = 1 << 20          # bytes read from the child
 
 
@@ -123,30 +126,39 @@ def layer_devices(status: BootStatus) -> list[str]:
     return devices
 
 
-def walk_devices(scratch: str, upper_source: str, upper_dir: str,
-                 devices: list[str]) -> tuple[int, list[str]]:
+def upper_folder(source: str, folder: str, mountinfo: str = MOUNTINFO) -> str:
+    """The upper/ folder of the upper on `source`, where its filesystem is mounted whole."""
+    try:
+        with open(mountinfo, "rb") as f:
+            lines = f.read().decode(errors="surrogateescape").splitlines()
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, mountinfo) from None
+    for line in lines:
+        head, _, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if len(fields) >= 5 and len(rest) >= 2 and fields[3] == "/" \
+                and rest[:2] == [UPPER_FSTYPE, source]:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            upper = os.path.join(point, folder.strip("/"), "upper")
+            if os.path.isdir(upper):
+                return upper
+    raise OSError(f"{source}: the upper's filesystem is not mounted any more")
+
+
+def walk_devices(scratch: str, upper: str, devices: list[str]) -> tuple[int, list[str]]:
     """In a private mount namespace (the caller's, which ends with it): a tmpfs over the
-    existing folder `scratch`, the upper's device and each layer mounted read-only in it,
-    then the walk."""
+    existing folder `scratch`, each layer mounted read-only in it, then the walk."""
     from agent import syscalls
 
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount("oa-shadows", scratch, "tmpfs", syscalls.MS_NODEV | syscalls.MS_NOSUID,
                    "mode=0700")
-    upper_mount = os.path.join(scratch, "upper")
-    os.mkdir(upper_mount)
-    # not read-only: the device is mounted read-write already, and the kernel shares that
-    # superblock only with a mount that asks for the same; nothing here writes
-    mount_named(upper_source, upper_mount, UPPER_FSTYPE, syscalls.MS_NODEV)
     layers = []
     for index, device in enumerate(devices):
         point = os.path.join(scratch, str(index))
         os.mkdir(point)
         mount_named(device, point, LAYER_FSTYPE, syscalls.MS_RDONLY | syscalls.MS_NODEV)
         layers.append(point)
-    upper = os.path.join(upper_mount, upper_dir.strip("/"), "upper")
-    if not os.path.isdir(upper):
-        raise OSError(f"{upper_source}: no {upper_dir.rstrip('/')}/upper folder")
     return find_shadows(upper, layers)
 
 
@@ -160,8 +172,7 @@ def mount_named(device: str, point: str, fstype: str, flags: int) -> None:
         raise OSError(exc.errno, exc.strerror, device) from None
 
 
-def count_in_child(scratch: str, upper_source: str, upper_dir: str,
-                   devices: list[str]) -> tuple[int, list[str]]:
+def count_in_child(scratch: str, upper: str, devices: list[str]) -> tuple[int, list[str]]:
     """walk_devices in a forked child with its own mount namespace; OSError with the
     child's reason when it fails."""
     from agent import syscalls
@@ -173,7 +184,7 @@ def count_in_child(scratch: str, upper_source: str, upper_dir: str,
         try:
             os.close(read_end)
             syscalls.unshare(syscalls.CLONE_NEWNS)
-            count, shown = walk_devices(scratch, upper_source, upper_dir, devices)
+            count, shown = walk_devices(scratch, upper, devices)
             reply = {"count": count, "shown": shown}
         except BaseException as exc:      # reported to the parent
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -210,10 +221,10 @@ def with_shadows(status: BootStatus, status_path: str) -> BootStatus:
     if up.shadowed_count >= 0:
         return status
     try:
-        count, shown = count_in_child(os.path.dirname(status_path) or ".", up.source,
-                                      up.dir, layer_devices(status))
+        count, shown = count_in_child(os.path.dirname(status_path) or ".",
+                                      upper_folder(up.source, up.dir), layer_devices(status))
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror or str(exc)
         return status.replace(notes=(*status.notes, f"shadowed files not counted: {reason}"))
     status = status.replace(upper=up.replace(shadowed_count=count, shadowed=tuple(shown)))
     keep(status_path, count, shown)
