@@ -289,8 +289,14 @@ def finish_activation(run: Activation, base_root: str, target: str) -> str:
     root, api = base_root, statusfile.API_NONE
     try:
         from agent import syscalls  # noqa: F401 - libffi loads here, while the checks run
-        open_store_layers(run.cands, run.settings.staging_dir)
-        mount_layers(run)
+        opening = upper.Opening(run.settings, base_root)   # a device mounts meanwhile
+        try:
+            open_store_layers(run.cands, run.settings.staging_dir)
+            mount_layers(run)
+        except BaseException:
+            opening.abandon()
+            raise
+        run.upper = opening.finish(run.note)
         root, api = stack_layers(run, base_root, target)
     finally:
         run.busy += time.monotonic() - start

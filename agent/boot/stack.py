@@ -67,7 +67,6 @@ def mount_list_layer(run: Activation, staging: str, base_root: str) -> str | Non
 def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str]:
     """One overlay: read-only, or writable over the upper of overlay_agent.upper=
     (agent.boot.upper); return (root to switch into, statusfile.API_*)."""
-    run.upper = upper.open_upper(run.settings, base_root, run.note)
     if not run.mounted and run.upper is None:
         return base_root, statusfile.API_NONE
     list_layer = None

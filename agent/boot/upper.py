@@ -12,6 +12,7 @@ through / would only hide the extension's file too); such files are counted afte
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import stat
@@ -95,6 +96,61 @@ class Upper:
             return (f"/ is writable, changes kept on {where}: {self.used >> 20} of "
                     f"{self.size >> 20} MiB used")
         return "/ is writable, changes kept in RAM (tmpfs) until shutdown"
+
+
+class Opening:
+    """open_upper on a thread of its own when the upper is a device, started before the
+    layers are mounted: the device's wait and its ext4 mount (reads and a superblock
+    write through the block layer, milliseconds on a busy machine) overlap the layers'
+    mounts instead of adding to them. Its notes wait for finish(), in the boot's thread."""
+
+    def __init__(self, settings: ActivationSettings, base_root: str) -> None:
+        self.settings, self.base_root = settings, base_root
+        self.notes: list[str] = []
+        self.upper: Upper | None = None
+        self.error: BaseException | None = None
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        spec = settings.upper
+        if spec is not None and spec.device is not None and not (
+                settings.disable or settings.problem):
+            try:
+                _thread.start_new_thread(self.run, ())
+                return
+            except RuntimeError:
+                pass     # no thread to be had (a tight pid limit): open it here
+        self.run()
+
+    def run(self) -> None:
+        try:
+            self.upper = open_upper(self.settings, self.base_root, self.notes.append)
+        except BaseException as exc:   # raised again in the boot's thread by finish()
+            self.error = exc
+        finally:
+            self.done.release()
+
+    def finish(self, note: Callable[[str], None]) -> Upper | None:
+        """Wait for the upper; say its notes through `note` (which raises under strict:
+        the upper is released first)."""
+        with self.done:
+            pass
+        if self.error is not None:
+            raise self.error
+        try:
+            for line in self.notes:
+                note(line)
+        except BaseException:
+            self.abandon()
+            raise
+        return self.upper
+
+    def abandon(self) -> None:
+        """Wait for the upper and unmount it (the boot failed before the overlay)."""
+        with self.done:
+            pass
+        if self.upper is not None:
+            self.upper.release()
+            self.upper = None
 
 
 def open_upper(settings: ActivationSettings, base_root: str,
