@@ -38,7 +38,6 @@ HOOK_ENTRY_MODULES: tuple[str, ...] = (
     "agent.cli",
     "agent.commands.boot",
     "agent.boot.activate",
-    "agent.boot.stack",
     "agent.boot.hookmode",
     "agent.boot.cmdline",
     "agent.boot.console",
