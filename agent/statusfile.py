@@ -34,6 +34,7 @@ CHECK_VERITY = "verity"    # dm-verity: each block checked against the hash tree
 CHECK_SHA256 = "sha256"    # the whole image hashed before the mount
 CHECK_NONE = "none"        # no check (a Talos-written list, or the layer never got that far)
 CHECKS = (CHECK_VERITY, CHECK_SHA256, CHECK_NONE)
+SHADOWS_UNCOUNTED = -1     # shadowed_count of a persistent upper until agent.shadows counts
 
 
 def utc_now() -> str:
@@ -61,7 +62,8 @@ def upper_doc(*, requested: str, source: str, dir: str, size_bytes: int, used_by
               shadowed: list[str]) -> dict[str, object]:
     """The writable upper: `requested` as overlay_agent.upper= said, `source` the device node
     or tmpfs, `dir` its folder on the device, usage at boot, why a tmpfs replaced the device,
-    a stale work dir emptied, and the upper's files that hide an extension's."""
+    a stale work dir emptied, and the upper's files that hide an extension's (counted after
+    boot: SHADOWS_UNCOUNTED until then)."""
     return {"requested": requested, "source": source, "dir": dir, "size_bytes": size_bytes,
             "used_bytes": used_bytes, "fallback": fallback, "repaired": repaired,
             "shadowed_count": shadowed_count, "shadowed": shadowed}

@@ -75,6 +75,7 @@ _syscall = _lib.function("syscall", _Long)
 _reboot = _lib.function("reboot", _Int, (_Int,))
 _statfs = _lib.function("statfs", _Int)
 _sync = _lib.function("sync", _Int)
+_unshare = _lib.function("unshare", _Int, (_Int,))
 
 # mount(2) flags (include/uapi/linux/mount.h)
 MS_RDONLY = 1
@@ -141,6 +142,14 @@ def mount(source: str | None, target: str, fstype: str | None = None, flags: int
 def umount2(target: str, flags: int = 0) -> None:
     if _umount2(_b(target), flags) != 0:
         raise _fail(target)
+
+
+CLONE_NEWNS = 0x00020000    # unshare(2): a mount namespace of the caller's own
+
+
+def unshare(flags: int) -> None:
+    if _unshare(flags) != 0:
+        raise _fail()
 
 
 def finit_module(fd: int, params: str = "", flags: int = 0, path: str | None = None) -> None:

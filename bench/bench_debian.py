@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,12 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devtools.debian_root import (  # noqa: E402
+    BOOKWORM,
     Prepared,
-    Scenario,
-    boot_debian,
-    guest_lines,
+    build_deb,
     in_chroot,
     prepare,
+    run_checks,
 )
 
 RUNS = 3
@@ -55,23 +54,20 @@ def build_initrd(prepared: Prepared, release: str, variant: str, out: Path) -> f
     return took
 
 
-def boot_to_multi_user(prepared: Prepared, release: str, initrd: Path, log: Path) -> float:
+def boot_to_multi_user(prepared: Prepared, initrd: Path, name: str) -> float:
     """Kernel start to multi-user.target: systemd's CLOCK_MONOTONIC stamp of the target,
     which counts from the kernel's start (an initramfs-tools initrd is no systemd initrd,
     so `systemd-analyze time` folds it into "kernel")."""
-    token = "bench"
-    result = boot_debian(prepared, release, "", log, initrd=initrd, token=token)
-    stamp = guest_lines(result.output, token, "MULTI-USER-US")
+    report = run_checks(prepared, name, initrd=initrd)
+    stamp = report.lines("MULTI-USER-US")
     if not stamp or not stamp[0].isdigit():
-        raise RuntimeError(f"no multi-user.target time, see {log}:\n{result.output[-2000:]}")
+        raise RuntimeError(f"no multi-user.target time, see {report.log}")
     return int(stamp[0]) / 1e6
 
 
 def run(out: Path, kernels: Path) -> None:
-    deb = Path(subprocess.run(["bash", str(ROOT / "scripts/build-deb.sh")], cwd=ROOT,
-                              check=True, capture_output=True, text=True).stdout.split()[-1])
-    prepared = prepare(Scenario("bookworm", second_kernel=True), ROOT / deb)
-    release = next(r for r in prepared.kernels if "cloud" not in r)
+    prepared = prepare(BOOKWORM, build_deb())
+    release = prepared.main_release
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         times: dict[str, list[float]] = {"stock": [], "runtime": [], "examples": []}
@@ -82,11 +78,10 @@ def run(out: Path, kernels: Path) -> None:
                 times[variant].append(build_initrd(prepared, release, variant, img))
                 sizes[variant] = img.stat().st_size
         boots: dict[str, list[float]] = {"stock": [], "examples": []}
-        logs = ROOT / ".cache/debian/logs"
         for i in range(RUNS):
             for variant in boots:
                 boots[variant].append(boot_to_multi_user(
-                    prepared, release, work / f"{variant}.img", logs / f"bench-{variant}-{i}.log"))
+                    prepared, work / f"{variant}.img", f"bench-{variant}-{i}"))
     for name in ("hook", "list"):
         (prepared.tree / f"tmp/oa-bench-{name}").unlink()
     added_rt = sizes["runtime"] - sizes["stock"]
@@ -99,7 +94,7 @@ def run(out: Path, kernels: Path) -> None:
         "## Debian package on Debian 12 (bench/bench_debian.py)\n\n"
         f"The VM tier's prepared bookworm root, kernel {release}, initramfs-tools "
         "(MODULES=most, zstd); medians of "
-        f"{RUNS}. Boots: QEMU TCG, 1 vCPU, `/` read-only, kernel start to multi-user.target "
+        f"{RUNS}. Boots: QEMU TCG, 1 vCPU, the read-only root, kernel start to multi-user.target "
         "as systemd's monotonic stamp of the target.\n\n"
         "| figure | value | goal |\n| --- | --- | --- |\n"
         f"| Debian's initrd without the hook | {sizes['stock'] / mib:.2f} MiB | - |\n"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -21,12 +22,12 @@ from pathlib import Path
 
 from agent.kernels import derive_mirrors, render_sources
 from agent.tools import run
-from devtools.qemu import BootResult, _run_group, accel_args
+from devtools.qemu import TOKEN_KEY, BootResult, _run_group, accel_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "debian"
+LOGS = CACHE / "logs"
 EXAMPLES = ROOT / "examples"
-TOKEN_KEY = "overlay_agent.test_token"
 MEMORY_MB = 1024
 BOOT_TIMEOUT = 420.0      # systemd under TCG on a shared 2-core machine: 40-120 s a boot
 FAKE_TIME = "1700000000"
@@ -42,7 +43,7 @@ SECOND_KERNEL = "linux-image-cloud-amd64"   # another flavour: another release, 
 # Runs once the system is up (Type=simple: its start job ends at once, so the boot can
 # finish while it waits for that); prints what it finds on the console, then powers off.
 CHECK_SCRIPT = r"""#!/bin/sh
-token=$(sed -n 's/.*overlay_agent.test_token=\([^ ]*\).*/\1/p' /proc/cmdline)
+token=$(sed -n 's/.*oa_test\.token=\([^ ]*\).*/\1/p' /proc/cmdline)
 say() { echo "$1 $token $2" > /dev/console; }
 check() { name=$1; shift; if "$@" > /dev/null 2>&1; then say PASS "$name"; else say FAIL "$name"; fi; }
 state=$(systemctl is-system-running --wait)
@@ -57,7 +58,15 @@ check journal-status-unit sh -c 'journalctl -b -o cat -u overlay-agent-status.se
 check metrics-file test -s /var/lib/prometheus/node-exporter/overlay_agent.prom
 grep -h '^overlay_agent_layer_mounted' /var/lib/prometheus/node-exporter/overlay_agent.prom 2>/dev/null |
   while read -r line; do say METRIC "$line"; done
-check root-read-only sh -c '! touch /.oa-rw-probe'
+say ROOT "$(python3 -c 'import json; d = json.load(open("/run/overlay-agent/status.json")); u = d["upper"] or {}; print(d["root_mode"], u.get("source", "-"), u.get("shadowed_count", "-"))' 2>&1)"
+if grep -q 'overlay_agent\.upper=' /proc/cmdline; then
+  check root-remount-rw mount -o remount,rw /
+  check root-writable sh -c 'echo oa > /etc/oa-rw-probe && test "$(cat /etc/oa-rw-probe)" = oa'
+  check write-in-upper sh -c 'test "$(cat /run/oa/upper/upper/etc/oa-rw-probe)" = oa'
+else
+  check root-read-only sh -c '! touch /.oa-rw-probe'
+fi
+check base-read-only awk '$1 == "/dev/vda" && $4 !~ /^ro(,|$)/ { bad = 1 } END { exit bad }' /proc/mounts
 check var-writable sh -c 'touch /var/.oa-rw-probe'
 say DONE "$(uname -r)"
 systemctl poweroff --no-block
@@ -76,10 +85,15 @@ WantedBy=multi-user.target
 # a generic image, not tuned to the machine that builds it (this chroot's host); zstd as
 # initramfs-tools (dracut's default gzip -9 of a generic image takes minutes)
 DRACUT_CONF = 'hostonly="no"\ncompress="zstd"\n'
-FSTAB = """/dev/vda / ext4 ro 0 0
-/dev/vdb /var ext4 defaults 0 0
+ROOT_UUID = "5e0c1f2a-9b7d-4e36-a1c8-0d2f4b6e8a13"
+VAR_UUID = "9c3b7a1e-2f4d-4b8a-8e6c-1d0f2a3b4c5d"
+# as Debian's installer writes it: the `/` line asks systemd-remount-fs for read-write
+FSTAB = f"""# /etc/fstab: static file system information.
+UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1
+UUID={VAR_UUID} /var ext4 defaults 0 2
 tmpfs /tmp tmpfs defaults,nosuid,nodev 0 0
 """
+UPPER_LABEL = "oa-upper"     # the blank third disk of a device-upper boot
 
 
 def key_of(*parts: str | bytes) -> str:
@@ -155,6 +169,9 @@ class Scenario:
         return f"{self.suite}-{self.tool}" + ("-2k" if self.second_kernel else "")
 
 
+BOOKWORM = Scenario("bookworm", second_kernel=True)   # the VM tier's and the benchmark's
+
+
 @dataclass(frozen=True)
 class Prepared:
     scenario: Scenario
@@ -164,6 +181,11 @@ class Prepared:
     root_disk: Path
     var_disk: Path
     kernels: tuple[str, ...] = field(default=())   # releases with /boot/vmlinuz-R and initrd
+
+    @property
+    def main_release(self) -> str:
+        """The release of linux-image-amd64 (SECOND_KERNEL is the cloud flavour)."""
+        return next(r for r in self.kernels if "cloud" not in r)
 
     def vmlinuz(self, release: str) -> Path:
         return self.tree / "boot" / f"vmlinuz-{release}"
@@ -226,12 +248,16 @@ def kernel_releases(tree: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*")))
 
 
-def make_disk(src: Path, image: Path, label: str, slack: float = 1.3) -> None:
-    used = int(run(["du", "-sb", src], capture=True).stdout.split()[0])
-    size_mb = max(64, int(used * slack / 2**20) + 64)
+def make_disk(src: Path | None, image: Path, label: str, uuid: str = "",
+              slack: float = 1.3) -> None:
+    """An ext4 image holding `src` (sized to it), or a blank 64 MiB one."""
+    used = int(run(["du", "-sb", src], capture=True).stdout.split()[0]) if src else 0
+    size_mb = max(64, int(used * slack / 2**20) + 64) if src else 64
     tmp = image.with_suffix(".tmp")
-    run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d", src, tmp,
-         f"{size_mb}M"], env={**os.environ, "E2FSPROGS_FAKE_TIME": FAKE_TIME}, capture=True)
+    fill = ["-d", str(src)] if src else []
+    run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0", *fill,
+         *(["-U", uuid] if uuid else []), tmp, f"{size_mb}M"],
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": FAKE_TIME}, capture=True)
     os.replace(tmp, image)
 
 
@@ -264,20 +290,39 @@ def prepare(scenario: Scenario, deb: Path, cache: Path = CACHE) -> Prepared:
     (folder / "rebuild.log").write_text(log)
     shutil.move(tree / "var", var)
     (tree / "var").mkdir()
-    make_disk(tree, result.root_disk, "oa-root")
-    make_disk(var, result.var_disk, "oa-var", slack=1.5)
+    make_disk(tree, result.root_disk, "oa-root", ROOT_UUID)
+    make_disk(var, result.var_disk, "oa-var", VAR_UUID, slack=1.5)
     (folder / "done").write_text("")
     return replace(result, kernels=kernel_releases(tree))
 
 
+def build_deb() -> Path:
+    """dist/overlay-agent_VERSION_all.deb, built by `make deb`'s script."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build-deb.sh")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"build-deb.sh exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return ROOT / proc.stdout.strip().splitlines()[-1]
+
+
 def boot_debian(prepared: Prepared, release: str, append: str, log: Path, *,
-                initrd: Path | None = None, token: str = "",
+                initrd: Path | None = None, token: str = "", upper_disk: bool = False,
                 timeout: float = BOOT_TIMEOUT) -> BootResult:
-    """Boot the root's own kernel and initramfs: the root disk read-only, a fresh copy of
-    the /var disk writable."""
+    """Boot the root's own kernel and initramfs with the root disk writable as an
+    installed system's is (writes go to a scratch snapshot; the image stays as it was), a
+    fresh copy of the /var disk, and with `upper_disk` a blank ext4 third disk labelled
+    UPPER_LABEL."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    var = log.with_suffix(".var.ext4")
+    scratch = log.with_suffix(".scratch")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    var = scratch / "var.ext4"
     run(["cp", "--sparse=always", "--reflink=auto", prepared.var_disk, var])
+    disks = [f"file={prepared.root_disk},format=raw,if=virtio,snapshot=on",
+             f"file={var},format=raw,if=virtio"]
+    if upper_disk:
+        make_disk(None, scratch / "upper.ext4", UPPER_LABEL)
+        disks.append(f"file={scratch / 'upper.ext4'},format=raw,if=virtio")
     cmdline = f"console=ttyS0 root=/dev/vda ro panic=-1 {append}"
     if token:
         cmdline += f" {TOKEN_KEY}={token}"
@@ -285,20 +330,47 @@ def boot_debian(prepared: Prepared, release: str, append: str, log: Path, *,
             "-smp", "1", *accel_args(),
             "-kernel", str(prepared.vmlinuz(release)),
             "-initrd", str(initrd or prepared.initrd(release)), "-append", cmdline,
-            "-serial", f"file:{log}", "-monitor", "none",
-            "-drive", f"file={prepared.root_disk},format=raw,if=virtio,readonly=on",
-            "-drive", f"file={var},format=raw,if=virtio"]
+            "-serial", f"file:{log}", "-monitor", "none"]
+    for disk in disks:
+        argv += ["-drive", disk]
     log.write_bytes(b"")
-    try:
-        code, seconds = _run_group(argv, timeout, log.with_name(log.name + ".qemu"))
+    try:    # snapshot=on keeps its scratch file in TMPDIR: this boot's folder
+        code, seconds = _run_group(argv, timeout, log.with_name(log.name + ".qemu"),
+                                   env={**os.environ, "TMPDIR": str(scratch)})
     finally:
-        var.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     output = log.read_bytes().decode(errors="replace").replace("\r\n", "\n")
     return BootResult(output=output, exit_code=code, timed_out=code is None, seconds=seconds)
 
 
-def guest_lines(output: str, token: str, kind: str) -> list[str]:
-    """What the guest's check script said of one kind (PASS, FAIL, GET, STATE...)."""
-    prefix = f"{kind} {token} "
-    return [line.split(prefix, 1)[1].rstrip() for line in output.splitlines() if prefix in line]
+@dataclass(frozen=True)
+class GuestReport:
+    """One boot through the check unit (CHECK_SCRIPT): the console, and what it said."""
 
+    result: BootResult
+    token: str
+    log: Path
+
+    def lines(self, kind: str) -> list[str]:
+        """What the check script said of one kind (PASS, FAIL, GET, STATE, ROOT...)."""
+        prefix = f"{kind} {self.token} "
+        return [line.split(prefix, 1)[1].rstrip() for line in self.result.output.splitlines()
+                if prefix in line]
+
+
+def run_checks(prepared: Prepared, name: str, append: str = "", *,
+               release: str | None = None, initrd: Path | None = None,
+               upper_disk: bool = False) -> GuestReport:
+    """Boot `prepared` (its main kernel unless `release`) with `append` on the command
+    line; the console goes to LOGS/<label>-<name>.log. RuntimeError, with the console's
+    end, when the guest did not get through its checks."""
+    token = secrets.token_hex(6)
+    log = LOGS / f"{prepared.scenario.label}-{name}.log"
+    result = boot_debian(prepared, release or prepared.main_release, append, log,
+                         initrd=initrd, token=token, upper_disk=upper_disk)
+    report = GuestReport(result, token, log)
+    if result.timed_out or not report.lines("DONE"):
+        why = "timed out" if result.timed_out else "ended before its checks were done"
+        raise RuntimeError(f"{log}: the guest {why} ({result.seconds:.0f} s):\n"
+                           f"{result.output[-4000:]}")
+    return report

@@ -34,13 +34,13 @@ class BootResult:
         return text in self.output
 
 
-def _run_group(argv: list[str], timeout: float,
-               log: Path | None = None) -> tuple[int | None, float]:
+def _run_group(argv: list[str], timeout: float, log: Path | None = None,
+               env: dict[str, str] | None = None) -> tuple[int | None, float]:
     """Run in a new process group; kill the whole group at the timeout or on any error."""
     start = time.monotonic()
     with open(log or os.devnull, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         return proc.wait(timeout=timeout), time.monotonic() - start
     except subprocess.TimeoutExpired:

@@ -51,9 +51,9 @@ def private_mounts() -> None:
 @pytest.fixture(scope="session")
 def deb_package() -> Path:
     """dist/overlay-agent_VERSION_all.deb, built once per session by `make deb`'s script."""
-    import subprocess
+    from devtools.debian_root import build_deb
 
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build-deb.sh")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return ROOT / proc.stdout.strip().splitlines()[-1]
+    try:
+        return build_deb()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))

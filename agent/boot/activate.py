@@ -17,8 +17,9 @@ import os
 import time
 
 from agent import listfile, statusfile
-from agent.boot import fstabview, overlay, upper
+from agent.boot import upper
 from agent.boot.cmdline import DEFAULT_ROOT_WAIT, UpperSpec
+from agent.boot.stack import stack_layers, unmount_staging
 from agent.boot.store import open_store_layers
 from agent.boot.verify import Candidate, LayerFailed, open_candidate, start_checks
 from agent.boot.workers import share_out
@@ -40,7 +41,6 @@ MOUNT_THREADS = 3  # mounts at once; they mostly wait on the loop worker (2 to 4
 # entries must not hold the boot for ten.
 MAX_PROBLEM_LINES = 20
 LOOP_BLOCK = 4096
-LIST_LAYER = "l"   # staging name of the tmpfs layer that carries /etc/extensions.yaml
 
 
 class ActivationSettings(Value):
@@ -219,53 +219,6 @@ def mount_layer(cand: Candidate, staging: str) -> None:
     loop.release(dev)
 
 
-def unmount_staging(mounted: list[tuple[int, str]]) -> None:
-    """Staging mounts go once the overlay holds its own clones (or on undo); loops autoclear."""
-    from agent import syscalls
-
-    for _, path in reversed(mounted):
-        try:
-            syscalls.umount2(path)
-        except OSError:
-            syscalls.umount2(path, syscalls.MNT_DETACH)
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
-
-
-def mount_list_layer(run: Activation, staging: str, base_root: str) -> str | None:
-    """A tiny tmpfs holding etc/extensions.yaml and the fstab view (agent.boot.fstabview),
-    stacked topmost.
-
-    Binding the list over /etc/extensions.yaml needs that file in the root already (a bind
-    needs a mount point, and neither a read-only root nor an overlay without upperdir can
-    create one); a top layer shows the list read-only at that path on any root.
-    """
-    from agent import syscalls
-
-    try:
-        os.makedirs(staging, exist_ok=True)
-        size = max(1 << 20, 2 * len(run.list_data))   # a list may be up to 4 MiB
-        syscalls.mount("oa-list", staging, "tmpfs", syscalls.MS_NODEV | syscalls.MS_NOSUID,
-                       f"mode=0755,size={size}")
-    except OSError as exc:
-        run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: tmpfs: {exc.strerror}")
-        return None
-    try:
-        os.mkdir(os.path.join(staging, "etc"), 0o755)
-        if run.mounted:
-            # the bytes read and checked at the start, not whatever the path holds now
-            with open(os.path.join(staging, listfile.BOUND_LIST_PATH.lstrip("/")), "xb") as dst:
-                dst.write(run.list_data)
-        fstabview.write_view(base_root, staging, run.upper is not None)
-    except OSError as exc:
-        unmount_staging([(-1, staging)])
-        run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: {exc.strerror}")
-        return None
-    return staging
-
-
 def collect_candidates(run: Activation, entries: tuple[Layer, ...]) -> list[Candidate]:
     """Skip what the command line says, open every other image and check its size."""
     settings = run.settings
@@ -312,48 +265,6 @@ def mount_layers(run: Activation) -> None:
         run.records[cand.index].update(check=cand.check, device=cand.device, loop=cand.loop)
 
 
-def stack_layers(run: Activation, base_root: str, target: str) -> tuple[str, str]:
-    """One overlay: read-only, or writable over the upper of overlay_agent.upper=
-    (agent.boot.upper); return (root to switch into, statusfile.API_*)."""
-    run.upper = upper.open_upper(run.settings, base_root, run.note)
-    if not run.mounted and run.upper is None:
-        return base_root, statusfile.API_NONE
-    list_layer = None
-    if len(run.mounted) + 2 <= listfile.KERNEL_MAX_LOWER:
-        list_layer = mount_list_layer(run, os.path.join(run.settings.staging_dir, LIST_LAYER),
-                                      base_root)
-    else:
-        run.notes.append(f"{listfile.BOUND_LIST_PATH}: not shown: no room left under the "
-                         f"kernel's {listfile.KERNEL_MAX_LOWER}-layer limit")
-    # overlayfs reads lowerdir leftmost = topmost: the LAST list entry goes first, so later
-    # entries win over earlier ones; the base root is the bottom; the list layer tops all.
-    lowers = [path for _, path in reversed(run.mounted)] + [base_root]
-    if run.upper is not None:
-        upper.find_shadows(run.upper, lowers[:-1], run.settings.staging_dir)
-    if list_layer is not None:
-        lowers.insert(0, list_layer)
-        run.mounted.append((-1, list_layer))
-    try:
-        if run.upper is None:
-            api = overlay.mount_overlay(lowers, target)
-        else:
-            api = upper.mount_writable(lowers, target, run.upper, run.note)
-    except OSError as exc:
-        if run.upper is not None:
-            run.upper.release()
-            run.upper = None
-        reason = f"overlay at {target}: {exc.strerror}; booting the bare root"
-        for index, _ in run.mounted:
-            if index in run.records:
-                run.records[index].update(phase=statusfile.FAILED, reason=reason)
-        run.note(reason)
-        run.undo()
-        return base_root, statusfile.API_NONE
-    run.undo()
-    upper.announce_root(run.upper)
-    return target, api
-
-
 def start_activation(settings: ActivationSettings) -> Activation:
     """First half: read the list, open every image not skipped, check sizes, and start the
     sha256 checks in the background. Needs only the initramfs, not the root."""
@@ -378,8 +289,14 @@ def finish_activation(run: Activation, base_root: str, target: str) -> str:
     root, api = base_root, statusfile.API_NONE
     try:
         from agent import syscalls  # noqa: F401 - libffi loads here, while the checks run
-        open_store_layers(run.cands, run.settings.staging_dir)
-        mount_layers(run)
+        opening = upper.Opening(run.settings, base_root)   # a device mounts meanwhile
+        try:
+            open_store_layers(run.cands, run.settings.staging_dir)
+            mount_layers(run)
+        except BaseException:
+            opening.abandon()
+            raise
+        run.upper = opening.finish(run.note)
         root, api = stack_layers(run, base_root, target)
     finally:
         run.busy += time.monotonic() - start

@@ -6,11 +6,13 @@ it, gives way to a tmpfs upper with the reason recorded (`note`, which raises un
 overlay_agent.strict); a work dir a crash left stale is emptied and the mount tried
 again. The base root stays read-only below. The upper's filesystem stays mounted at
 STAGING/upper, where a file that shadows an extension's can be removed (removing it
-through / would only hide the extension's file too).
+through / would only hide the extension's file too); such files are counted after boot
+(agent.shadows).
 """
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import stat
@@ -26,12 +28,9 @@ if TYPE_CHECKING:
     from agent.boot.activate import ActivationSettings
 
 UPPER_MOUNT = "upper"        # staging name of the upper's filesystem
-SHADOW_UNION = "shadows"     # staging name of the layers' union while shadows are sought
 UPPER_DIR, WORK_DIR = "upper", "work"
 UPPER_FSTYPE = "ext4"        # the writable filesystem rootdev recognises
 MIN_FREE = 1 << 20           # bytes: below this a device upper counts as full
-SHADOWS_SHOWN = 5            # paths of shadowing files kept in the status
-OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
 class UpperFailed(Exception):
@@ -59,8 +58,6 @@ class Upper:
         self.folder = ""          # mountpoint + spec.dir: holds upper/ and work/
         self.fallback = ""
         self.repaired = ""
-        self.shadowed: list[str] = []
-        self.shadowed_count = 0
         self.size = self.used = 0
 
     @property
@@ -88,8 +85,10 @@ class Upper:
             requested=str(self.spec), source=self.source,
             dir=self.spec.dir if self.mode == statusfile.ROOT_PERSISTENT else "",
             size_bytes=self.size, used_bytes=self.used, fallback=self.fallback,
-            repaired=self.repaired, shadowed_count=self.shadowed_count,
-            shadowed=self.shadowed)
+            repaired=self.repaired, shadowed=[],
+            # counted after boot (agent.shadows): a tmpfs upper hides nothing of its own
+            shadowed_count=statusfile.SHADOWS_UNCOUNTED
+            if self.mode == statusfile.ROOT_PERSISTENT else 0)
 
     def describe(self) -> str:
         if self.mode == statusfile.ROOT_PERSISTENT:
@@ -97,6 +96,61 @@ class Upper:
             return (f"/ is writable, changes kept on {where}: {self.used >> 20} of "
                     f"{self.size >> 20} MiB used")
         return "/ is writable, changes kept in RAM (tmpfs) until shutdown"
+
+
+class Opening:
+    """open_upper on a thread of its own when the upper is a device, started before the
+    layers are mounted: the device's wait and its ext4 mount (reads and a superblock
+    write through the block layer, milliseconds on a busy machine) overlap the layers'
+    mounts instead of adding to them. Its notes wait for finish(), in the boot's thread."""
+
+    def __init__(self, settings: ActivationSettings, base_root: str) -> None:
+        self.settings, self.base_root = settings, base_root
+        self.notes: list[str] = []
+        self.upper: Upper | None = None
+        self.error: BaseException | None = None
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        spec = settings.upper
+        if spec is not None and spec.device is not None and not (
+                settings.disable or settings.problem):
+            try:
+                _thread.start_new_thread(self.run, ())
+                return
+            except RuntimeError:
+                pass     # no thread to be had (a tight pid limit): open it here
+        self.run()
+
+    def run(self) -> None:
+        try:
+            self.upper = open_upper(self.settings, self.base_root, self.notes.append)
+        except BaseException as exc:   # raised again in the boot's thread by finish()
+            self.error = exc
+        finally:
+            self.done.release()
+
+    def finish(self, note: Callable[[str], None]) -> Upper | None:
+        """Wait for the upper; say its notes through `note` (which raises under strict:
+        the upper is released first)."""
+        with self.done:
+            pass
+        if self.error is not None:
+            raise self.error
+        try:
+            for line in self.notes:
+                note(line)
+        except BaseException:
+            self.abandon()
+            raise
+        return self.upper
+
+    def abandon(self) -> None:
+        """Wait for the upper and unmount it (the boot failed before the overlay)."""
+        with self.done:
+            pass
+        if self.upper is not None:
+            self.upper.release()
+            self.upper = None
 
 
 def open_upper(settings: ActivationSettings, base_root: str,
@@ -125,7 +179,6 @@ def open_upper(settings: ActivationSettings, base_root: str,
 def fall_back(up: Upper, reason: str, note: Callable[[str], None]) -> None:
     up.release()
     up.mode, up.source, up.folder = statusfile.ROOT_VOLATILE, "tmpfs", ""
-    up.shadowed, up.shadowed_count = [], 0      # the device's: not what the root shows
     up.fallback = f"{UPPER_KEY}={up.spec}: {reason}; a tmpfs upper serves instead"
     note(up.fallback)
 
@@ -227,86 +280,6 @@ def mount_writable(lowers: list[str], target: str, up: Upper,
     return overlay.mount_overlay(lowers, target, up.dirs)
 
 
-def find_shadows(up: Upper, layers: list[str], staging_dir: str) -> None:
-    """Files of a persistent upper that hide files the extension layers ship (the upper
-    wins in overlayfs): a non-directory, a whiteout or an opaque directory in the upper
-    where a layer has an entry. One walk over the layers' union (for a while a read-only
-    overlay of them at STAGING/shadows: the kernel merges the directories) and the upper
-    together, into the directories both have, the upper's side first: an empty upper
-    reads no layer."""
-    from agent import syscalls
-    from agent.boot import overlay
-
-    if up.mode != statusfile.ROOT_PERSISTENT or not layers or not _entries(up.dirs[0]):
-        return
-    union, scratch = layers[0], os.path.join(staging_dir, SHADOW_UNION)
-    if len(layers) > 1:
-        try:
-            os.makedirs(scratch, exist_ok=True)
-            overlay.mount_overlay(layers, scratch)
-            union = scratch
-        except OSError:
-            union = ""      # the kernel will not merge them: walk each layer instead
-            _rmdir(scratch)
-    found: set[str] = set()
-    try:
-        for lower in [union] if union else layers:
-            _shadows(lower, up.dirs[0], "", found)
-    finally:
-        if union == scratch:
-            try:
-                syscalls.umount2(scratch)
-            except OSError:
-                syscalls.umount2(scratch, syscalls.MNT_DETACH)
-            _rmdir(scratch)
-    up.shadowed_count = len(found)
-    up.shadowed = sorted(found)[:SHADOWS_SHOWN]
-
-
-def _rmdir(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
-
-
-def _entries(path: str) -> set[str]:
-    try:
-        return set(os.listdir(path))
-    except OSError:
-        return set()
-
-
-def _shadows(lower: str, upper: str, rel: str, found: set[str]) -> None:
-    names = _entries(upper)
-    if not names:
-        return
-    try:
-        with os.scandir(lower) as it:
-            entries = [entry for entry in it if entry.name in names]
-    except OSError:
-        return
-    for entry in entries:
-        above = os.path.join(upper, entry.name)
-        try:
-            st = os.lstat(above)
-        except OSError:
-            continue
-        path = f"{rel}/{entry.name}"
-        if stat.S_ISDIR(st.st_mode) and entry.is_dir(follow_symlinks=False) \
-                and not _opaque(above):
-            _shadows(entry.path, above, path, found)
-        else:
-            found.add(path)
-
-
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
 def make_base_readonly(base: str) -> None:
     """Hook mode: the initramfs may have mounted the root read-write (`rw`); below the
     overlay it is read-only whatever the command line says. The filesystem itself when
@@ -327,8 +300,6 @@ def announce_root(up: Upper | None) -> None:
         return
     up.measure()
     announce(up.describe())
-    if up.shadowed_count:
-        announce(statusfile.shadow_line(up.shadowed_count, up.shadowed), warning=True)
 
 
 def root_mode(up: Upper | None, overlaid: bool) -> str:

@@ -50,14 +50,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.livecheck import with_live_phases
+    from agent.shadows import with_shadows
 
-    status = with_live_phases(read_status(args.status), args.root)
+    status = with_shadows(with_live_phases(read_status(args.status), args.root), args.status)
     node = os.uname().nodename
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.output]
     sys.stdout.write(render(status, node))
     for note in status.notes:   # problems not tied to one layer (list file, overlay, upper)
         print(f"overlay-agent: {escape(note)}", file=sys.stderr)
-    if status.upper is not None and status.upper.shadowed_count:
+    if status.upper is not None and status.upper.shadowed_count > 0:
         line = shadow_line(status.upper.shadowed_count, status.upper.shadowed)
         print(f"overlay-agent: {escape(line)}", file=sys.stderr)
     return 0

@@ -42,6 +42,7 @@ ENTRY_MODULES: tuple[str, ...] = (
     "yaml",
     "agent.boot.uevent",
     "agent.livecheck",  # `get extensions` imports it lazily (psutil stays out: it copes)
+    "agent.shadows",  # `get extensions` imports it lazily too
     "_hashlib",  # OpenSSL's sha256, ~5x the built-in one; activation imports it lazily
     "hashlib",   # the fallback where _sha256 is no built-in module (a shared one is not seen)
     "encodings.utf_8",

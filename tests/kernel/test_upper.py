@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_activate import SHARE, Env, env, force_api, image_cache, mounts_under  # noqa: F401
 
-from agent import syscalls
+from agent import shadows, syscalls
 from agent.boot import upper
 from agent.boot.activate import ActivationSettings, activate_mounted_root, settings_from_params
 from agent.boot.cmdline import scan_cmdline
@@ -25,6 +25,7 @@ from agent.statusfile import (
     ROOT_PERSISTENT,
     ROOT_READ_ONLY,
     ROOT_VOLATILE,
+    SHADOWS_UNCOUNTED,
     BootStatus,
     read_status,
 )
@@ -194,7 +195,8 @@ def test_device_upper_keeps_changes_across_boots_and_upgrades(
     got = status(env)
     assert (got.root_mode, got.notes) == (ROOT_PERSISTENT, ())
     assert got.upper is not None
-    assert (got.upper.source, got.upper.dir, got.upper.shadowed_count) == (disk.dev, "/", 0)
+    assert (got.upper.source, got.upper.dir, got.upper.shadowed_count) == (
+        disk.dev, "/", SHADOWS_UNCOUNTED)
     assert 0 < got.upper.used_bytes < got.upper.size_bytes <= 32 << 20
     assert announced[0].startswith(
         f"/ is writable, changes kept on LABEL={disk.label} ({disk.dev}): ")
@@ -312,40 +314,48 @@ def test_work_dir_that_is_a_file_is_replaced(env: Env, disks: Callable[..., Disk
     assert got is not None and got.repaired.endswith("/upper/work: not a directory; replaced")
 
 
-@pytest.mark.parametrize("union", [True, False])
-def test_upper_files_shadowing_extension_files_are_reported(
+def test_upper_files_shadowing_extension_files_are_counted_after_boot(
         env: Env, announced: list[str], disks: Callable[..., Disk],
-        image_cache: Callable[[int], Path], monkeypatch: pytest.MonkeyPatch,
-        union: bool) -> None:
-    """Found through the layers' union, or layer by layer when the kernel refuses it."""
+        image_cache: Callable[[int], Path]) -> None:
+    """Not at boot: the first reader as root counts them (each layer mounted again from
+    its loop device in a namespace of its own) and keeps the count in the status file."""
     disk = disks()
     env.add(image_cache, [0, 1])
     settings = settings_for(env, f"overlay_agent.upper={disk.dev}")
     env.activate(settings)
-    if not union:
-        real = syscalls.mount
-
-        def no_union(src: str | None, dst: str, fstype: str | None = None, flags: int = 0,
-                     data: str | None = None) -> None:
-            if dst.endswith("/shadows"):
-                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), dst)
-            real(src, dst, fstype, flags, data)
-
-        monkeypatch.setattr(syscalls, "mount", no_union)
     (env.target / SHARE / "only-1").write_text("edited")    # copied up: hides layer 1's
     (env.target / SHARE / "only-0").unlink()                # a whiteout hides layer 0's
     (env.target / "etc/mine").write_text("no extension ships it")
     reboot(env)
     announced.clear()
     env.activate(settings)
-    got = status(env).upper
-    assert got is not None
-    assert (got.shadowed_count, got.shadowed) == (2, (f"/{SHARE}/only-0", f"/{SHARE}/only-1"))
+    assert len(announced) == 1 and "hide" not in announced[0]
+    booted = status(env)
+    assert booted.upper is not None and booted.upper.shadowed_count == SHADOWS_UNCOUNTED
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    counted = shadows.with_shadows(booted, env.settings.status_path)
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before   # ended with the child
+    assert counted.upper is not None and counted.notes == ()
+    expected = (2, (f"/{SHARE}/only-0", f"/{SHARE}/only-1"))
+    assert (counted.upper.shadowed_count, counted.upper.shadowed) == expected
+    kept = status(env).upper
+    assert kept is not None and (kept.shadowed_count, kept.shadowed) == expected
     assert env.read(f"{SHARE}/only-1") == "edited"
-    assert not Path(env.settings.staging_dir, "shadows").exists()    # the union is gone
-    assert announced[-1] == (
-        f"2 file(s) in the upper hide files the extensions ship: /{SHARE}/only-0, "
-        f"/{SHARE}/only-1")
+    assert shadows.with_shadows(status(env), "/nonexistent/status.json") == status(env)
+
+
+def test_shadow_count_failure_is_a_note_not_kept(env: Env, disks: Callable[..., Disk],
+                                                 image_cache: Callable[[int], Path]) -> None:
+    disk = disks()
+    env.add(image_cache, [0])
+    env.activate(settings_for(env, f"overlay_agent.upper={disk.dev}"))
+    booted = status(env)
+    gone = booted.replace(extensions=tuple(e.replace(loop="/dev/oa-no-such-loop")
+                                           for e in booted.extensions))
+    got = shadows.with_shadows(gone, env.settings.status_path)
+    assert got.notes == ("shadowed files not counted: /dev/oa-no-such-loop: "
+                         "No such file or directory",)
+    assert status(env).upper == booted.upper      # not kept: the next reader tries again
 
 
 def test_hook_mode_makes_an_rw_base_read_only_below_the_upper(

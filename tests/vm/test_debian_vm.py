@@ -1,20 +1,21 @@
 """Real Debian systems end to end: the .deb installed with apt in a debootstrapped root, the
 two examples listed in /etc/overlay-agent/machine.yaml, the initramfs rebuilt by the
-distribution's tool, an immutable root (`/` ro, `/var` its own disk), booted with the root's
-own kernel and initramfs. The guest's check unit prints what it finds on the console (see
-devtools.debian_root.CHECK_SCRIPT); the assertions here read those lines.
+distribution's tool, the installer's fstab (`UUID=... / ext4 errors=remount-ro 0 1`, `/var`
+on its own disk), booted with the root's own kernel and initramfs. The guest's check unit
+prints what it finds on the console (see devtools.debian_root.CHECK_SCRIPT); the
+assertions here read those lines.
 
-Both suites: the happy path. Bookworm: a second kernel installed after the agent gets the
-extensions in its own initramfs (read back with `inspect`; booting it would add minutes),
-overlay_agent.disable, an image corrupted after baking, an unreachable extension failing
-update-initramfs, and dracut with systemd in the initramfs.
+Both suites: the happy path (the read-only root). Bookworm: a second kernel installed after
+the agent gets the extensions in its own initramfs (read back with `inspect`; booting it
+would add minutes), overlay_agent.disable, an image corrupted after baking (with a tmpfs
+upper: one boot for both), an unreachable extension failing update-initramfs, and dracut
+with systemd in the initramfs. Trixie: a device upper on a third disk.
 """
 
 from __future__ import annotations
 
 import io
 import re
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -23,61 +24,62 @@ import pytest
 
 from agent import cpio
 from devtools.debian_root import (
+    BOOKWORM,
+    LOGS,
+    UPPER_LABEL,
+    GuestReport,
     Prepared,
     Scenario,
-    boot_debian,
-    guest_lines,
     in_chroot,
     prepare,
+    run_checks,
 )
-from devtools.qemu import BootResult
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("bookworm", "trixie")
+# what the check unit finds on the read-only root, and with a writable upper
 ALL_CHECKS = {"hello-runs", "firmware-readable", "journal-status-unit", "metrics-file",
-              "root-read-only", "var-writable"}
-LOGS = ROOT / ".cache" / "debian" / "logs"
+              "root-read-only", "base-read-only", "var-writable"}
+WRITABLE_CHECKS = ALL_CHECKS - {"root-read-only"} | {"root-remount-rw", "root-writable",
+                                                    "write-in-upper"}
 
 
 @pytest.fixture(scope="session", params=SUITES)
 def debian(request: pytest.FixtureRequest, deb_package: Path) -> Prepared:
-    return prepare(Scenario(request.param, second_kernel=request.param == "bookworm"),
+    return prepare(BOOKWORM if request.param == "bookworm" else Scenario(request.param),
                    deb_package)
 
 
 @pytest.fixture(scope="session")
 def bookworm(deb_package: Path) -> Prepared:
-    return prepare(Scenario("bookworm", second_kernel=True), deb_package)
+    return prepare(BOOKWORM, deb_package)
 
 
-def main_release(prepared: Prepared) -> str:
-    """The release of linux-image-amd64 (the second kernel is the cloud flavour)."""
-    return next(r for r in prepared.kernels if r.endswith("-amd64") and "cloud" not in r)
+@pytest.fixture(scope="session")
+def trixie(deb_package: Path) -> Prepared:
+    return prepare(Scenario("trixie"), deb_package)
 
 
-def boot(prepared: Prepared, name: str, append: str = "", release: str | None = None,
-         initrd: Path | None = None) -> tuple[BootResult, str]:
-    token = secrets.token_hex(6)
-    result = boot_debian(prepared, release or main_release(prepared), append,
-                         LOGS / f"{prepared.scenario.label}-{name}.log", token=token,
-                         initrd=initrd)
-    assert not result.timed_out, result.output[-4000:]
-    assert guest_lines(result.output, token, "DONE"), result.output[-4000:]
-    assert "Traceback" not in result.output
-    return result, token
+def boot(prepared: Prepared, name: str, append: str = "", **kwargs: object) -> GuestReport:
+    try:
+        report = run_checks(prepared, name, append, **kwargs)  # type: ignore[arg-type]
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    assert "Traceback" not in report.result.output
+    return report
 
 
-def extension_rows(result: BootResult, token: str) -> dict[str, list[str]]:
+def extension_rows(report: GuestReport) -> dict[str, list[str]]:
     """`overlay-agent get extensions` as the guest printed it: ID -> the other columns."""
-    rows = [line.split() for line in guest_lines(result.output, token, "GET")]
+    rows = [line.split() for line in report.lines("GET")]
     assert rows and rows[0][:4] == ["NODE", "NAMESPACE", "TYPE", "ID"], rows
-    return {row[3]: row[4:] for row in rows[1:]}
+    return {row[3]: row[4:] for row in rows[1:] if not row[0].startswith("overlay-agent:")}
 
 
-def assert_running(result: BootResult, token: str) -> None:
-    assert guest_lines(result.output, token, "STATE") == ["running"], (
-        guest_lines(result.output, token, "FAILED-UNIT"), result.output[-4000:])
-    assert guest_lines(result.output, token, "FAILED-UNIT") == []
+def assert_running(report: GuestReport) -> None:
+    assert report.lines("STATE") == ["running"], (
+        report.lines("FAILED-UNIT"), report.result.output[-4000:])
+    assert report.lines("FAILED-UNIT") == []
 
 
 def inspect(initrd: Path) -> str:
@@ -88,17 +90,33 @@ def inspect(initrd: Path) -> str:
 
 
 def test_happy_path(debian: Prepared) -> None:
-    result, token = boot(debian, "happy")
-    assert_running(result, token)
-    assert set(guest_lines(result.output, token, "PASS")) == ALL_CHECKS
-    assert guest_lines(result.output, token, "FAIL") == []
-    rows = extension_rows(result, token)
+    """The read-only root with the installer's fstab: systemd does not remount it."""
+    report = boot(debian, "happy")
+    assert_running(report)
+    assert set(report.lines("PASS")) == ALL_CHECKS
+    assert report.lines("FAIL") == []
+    assert report.lines("ROOT") == ["read-only - -"]
+    rows = extension_rows(report)
     assert sorted(rows) == ["000-hello", "001-example-firmware"]
     assert rows["000-hello"][:3] == ["1", "hello", "1.0.0"]
-    assert guest_lines(result.output, token, "METRIC") == [
+    assert report.lines("METRIC") == [
         'overlay_agent_layer_mounted{id="000-hello",name="hello"} 1',
         'overlay_agent_layer_mounted{id="001-example-firmware",name="example-firmware"} 1']
-    assert guest_lines(result.output, token, "DONE") == [main_release(debian)]
+    assert report.lines("DONE") == [debian.main_release]
+
+
+def test_device_upper(trixie: Prepared) -> None:
+    """A blank ext4 third disk named by its label: `/` writable, remount-rw works, the
+    write lands on the device, the base still read-only below; the status unit counted
+    no shadowing file."""
+    report = boot(trixie, "device-upper", f"overlay_agent.upper=LABEL={UPPER_LABEL}",
+                  upper_disk=True)
+    assert_running(report)
+    assert set(report.lines("PASS")) == WRITABLE_CHECKS, report.lines("FAIL")
+    assert report.lines("FAIL") == []
+    assert report.lines("ROOT") == ["persistent /dev/vdc 0"]
+    assert sorted(extension_rows(report)) == ["000-hello", "001-example-firmware"]
+    assert not [line for line in report.lines("GET") if line.startswith("overlay-agent:")]
 
 
 def test_second_kernel_gets_the_extensions(bookworm: Prepared) -> None:
@@ -115,11 +133,12 @@ def test_second_kernel_gets_the_extensions(bookworm: Prepared) -> None:
 
 
 def test_disable(bookworm: Prepared) -> None:
-    result, token = boot(bookworm, "disable", "overlay_agent.disable")
-    assert_running(result, token)
-    fails = guest_lines(result.output, token, "FAIL")
-    assert set(fails) == {"hello-runs", "firmware-readable"}
-    rows = extension_rows(result, token)
+    """The stock system: systemd remounts the root read-write, as the fstab says."""
+    report = boot(bookworm, "disable", "overlay_agent.disable")
+    assert_running(report)
+    fails = report.lines("FAIL")
+    assert set(fails) == {"hello-runs", "firmware-readable", "root-read-only", "base-read-only"}
+    rows = extension_rows(report)
     assert [rows[i][3:] for i in sorted(rows)] == [["skipped", "overlay_agent.disable"]] * 2
 
 
@@ -128,7 +147,7 @@ def corrupted_initrd(prepared: Prepared, out: Path) -> Path:
     kernel unpacks concatenated archives in order: later members win)."""
     from agent.bake.segments import merged_members, split_segments
 
-    initrd = prepared.initrd(main_release(prepared))
+    initrd = prepared.initrd(prepared.main_release)
     blob = initrd.read_bytes()
     members = merged_members(split_segments(blob, str(initrd)))
     image = bytearray(members["extensions/000-hello.sqsh"].content())
@@ -142,14 +161,18 @@ def corrupted_initrd(prepared: Prepared, out: Path) -> Path:
 
 
 def test_corrupted_image_is_skipped_the_other_activates(bookworm: Prepared) -> None:
+    """With a tmpfs upper (one boot shows both): the layer that passes its check stacks
+    under a writable `/`."""
     initrd = corrupted_initrd(bookworm, LOGS / "initrd-corrupted")
     try:
-        result, token = boot(bookworm, "corrupted", initrd=initrd)
+        report = boot(bookworm, "corrupted-tmpfs", "overlay_agent.upper=tmpfs", initrd=initrd)
     finally:
         initrd.unlink()
-    assert_running(result, token)
-    assert guest_lines(result.output, token, "FAIL") == ["hello-runs"]
-    rows = extension_rows(result, token)
+    assert_running(report)
+    assert report.lines("FAIL") == ["hello-runs"]
+    assert set(report.lines("PASS")) == WRITABLE_CHECKS - {"hello-runs"}
+    assert report.lines("ROOT") == ["volatile tmpfs 0"]
+    rows = extension_rows(report)
     assert rows["000-hello"][3:5] == ["sha256", "failed"]     # CHECK, PHASE
     assert "sha256" in " ".join(rows["000-hello"][5:])
     assert rows["001-example-firmware"][3:] == ["sha256", "active"]
@@ -158,7 +181,7 @@ def test_corrupted_image_is_skipped_the_other_activates(bookworm: Prepared) -> N
 def test_unreachable_uncached_extension_fails_update_initramfs(bookworm: Prepared) -> None:
     """One line names the extension; update-initramfs fails and the old initrd stays."""
     config = bookworm.tree / "etc/overlay-agent/machine.yaml"
-    release = main_release(bookworm)
+    release = bookworm.main_release
     before = bookworm.initrd(release).read_bytes()
     good = config.read_text()
     source = "docker://127.0.0.1:9/oa/none:1.0"
@@ -182,9 +205,9 @@ def test_dracut_systemd_initrd(deb_package: Path) -> None:
     """dracut with systemd in the initramfs: the unit stacks the root under systemd's shared
     propagation, before initrd-root-fs.target."""
     prepared = prepare(Scenario("bookworm", tool="dracut"), deb_package)
-    listing = inspect(prepared.initrd(main_release(prepared)))
+    listing = inspect(prepared.initrd(prepared.main_release))
     assert re.search(r"000-hello\b.*\bok\b", listing), listing
-    result, token = boot(prepared, "happy")
-    assert_running(result, token)
-    assert set(guest_lines(result.output, token, "PASS")) == ALL_CHECKS
-    assert sorted(extension_rows(result, token)) == ["000-hello", "001-example-firmware"]
+    report = boot(prepared, "happy")
+    assert_running(report)
+    assert set(report.lines("PASS")) == ALL_CHECKS
+    assert sorted(extension_rows(report)) == ["000-hello", "001-example-firmware"]
