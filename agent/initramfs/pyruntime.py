@@ -52,7 +52,8 @@ ENTRY_MODULES: tuple[str, ...] = (
 # What hook mode leaves out of ENTRY_MODULES: the baked list is JSON and reading an unusable
 # one copes without yaml; initramfs-tools' udev has made the devices (no uevent socket, so no
 # pyroute2 and asyncio); `get extensions` runs in the booted system.
-PID1_ONLY_MODULES: tuple[str, ...] = ("json", "yaml", "agent.boot.uevent", "agent.livecheck")
+PID1_ONLY_MODULES: tuple[str, ...] = ("json", "yaml", "agent.boot.uevent", "agent.livecheck",
+                                      "agent.shadows")
 
 # Left out, because their importers cope with their absence: libyaml's accelerator
 # (yaml/__init__.py catches the ImportError of yaml.cyaml) and ssl, which asyncio (under
