@@ -70,6 +70,24 @@ def set_field(index: int, key: str, value: object, meta: bool = False) -> Callab
     return spoil
 
 
+def set_fields(index: int, **fields: object) -> Callable[[Env, list[Layer]], None]:
+    def spoil(env: Env, layers: list[Layer]) -> None:
+        doc = doc_of(env)
+        doc["layers"][index].update(fields)  # type: ignore[index]
+        write_doc(env, doc)
+    return spoil
+
+
+# a hash tree that passes the field checks (the images are 4096 bytes: no room for it)
+TREE = {"root_hash": "0" * 64, "salt": "", "data_size": 4096, "hash_offset": 4096}
+
+
+def in_store(**fields: object) -> Callable[[Env, list[Layer]], None]:
+    """Layer 1 named as an image of a store, its fields spoiled by `fields`."""
+    return set_fields(1, **{"store": "0A1B-2C3D", "path": "oa/x.sqsh", "verity": TREE,
+                            **fields})
+
+
 def write_raw(data: bytes | Callable[[Env], bytes]) -> Callable[[Env, list[Layer]], None]:
     def spoil(env: Env, layers: list[Layer]) -> None:
         (env.work / "extensions.yaml").write_bytes(data(env) if callable(data) else data)
@@ -301,6 +319,63 @@ LIST_CASES: dict[str, Case] = {
     "json-trailing-garbage": Case(write_raw(lambda env: (env.work / "extensions.yaml")
                                             .read_bytes() + b"}"), [],
                                   L + "not valid YAML at line 42" + NO_EXT, True),
+    # store and dm-verity fields
+    "store-not-a-uuid": Case(in_store(store="../../dev/sda"), [S, S, S],
+                             "extension 000-ext0: skipped: " + L + "layers[1]: store "
+                             "'../../dev/sda' is not a filesystem UUID", True),
+    "store-only-dashes": Case(in_store(store="----"), [S, S, S],
+                              "extension 000-ext0: skipped: " + L + "layers[1]: store '----' "
+                              "is not a filesystem UUID", True),
+    "store-uuid-5000-chars": Case(in_store(store="a" * 5000), [S, S, S],
+                                  "extension 000-ext0: skipped: " + L + "layers[1]: store '" +
+                                  "a" * 36 + "... is not a filesystem UUID", True),
+    "store-a-list": Case(in_store(store=[1]), [S, S, S],
+                         "extension 000-ext0: skipped: " + L + "layers[1]: store [1] is not a "
+                         "filesystem UUID", True),
+    "store-without-verity": Case(in_store(verity=None), [S, S, S],
+                                 "extension 000-ext0: skipped: " + L + "layers[1]: a store "
+                                 "image needs verity (its root hash is what vouches for it)",
+                                 True),
+    "store-path-dotdot": Case(in_store(path="../../etc/shadow"), [S, S, S],
+                              "extension 000-ext0: skipped: " + L + "layers[1]: store path "
+                              "'../../etc/shadow' has an empty, . or .. part", True),
+    "store-path-absolute": Case(in_store(path="/dev/zero"), [S, S, S],
+                                "extension 000-ext0: skipped: " + L + "layers[1]: store path "
+                                "'/dev/zero' is not a relative path", True),
+    "store-path-newline": Case(in_store(path="oa/x\nFAKE.sqsh"), [S, S, S],
+                               "extension 000-ext0: skipped: " + L + "layers[1]: store path "
+                               "'oa/x\\nFAKE.sqsh' holds a control character or an "
+                               "undecodable byte", True),
+    "store-path-5000-bytes": Case(in_store(path="a/" * 2500 + "x"), [S, S, S],
+                                  "extension 000-ext0: skipped: " + L + "layers[1]: store path "
+                                  "is over 4095 bytes or has a part over 255", True),
+    "verity-a-string": Case(set_fields(1, verity="on"), [S, S, S],
+                            "extension 000-ext0: skipped: " + L + "layers[1]: verity is not a "
+                            "mapping", True),
+    "verity-root-hash-not-hex": Case(set_fields(1, verity={**TREE, "root_hash": "z" * 64}),
+                                     [S, S, S], "extension 000-ext0: skipped: " + L +
+                                     "layers[1]: verity root_hash is not 64 lowercase hex "
+                                     "digits", True),
+    "verity-salt-odd": Case(set_fields(1, verity={**TREE, "salt": "abc"}), [S, S, S],
+                            "extension 000-ext0: skipped: " + L + "layers[1]: verity salt is "
+                            "not lowercase hex of at most 256 bytes", True),
+    "verity-data-size-2**80": Case(set_fields(1, verity={**TREE, "data_size": 2**80,
+                                                         "hash_offset": 2**80}), [S, S, S],
+                                   "extension 000-ext0: skipped: " + L + "layers[1]: verity "
+                                   "data_size is over the limit of 4611686018427387904 bytes",
+                                   True),
+    "verity-offset-negative": Case(set_fields(1, verity={**TREE, "hash_offset": -4096}),
+                                   [S, S, S], "extension 000-ext0: skipped: " + L + "layers[1]: "
+                                   "verity hash_offset -4096 is not a positive multiple of "
+                                   "4096", True),
+    "verity-offset-inside-data": Case(set_fields(1, verity={**TREE, "data_size": 8192}),
+                                      [S, S, S], "extension 000-ext0: skipped: " + L +
+                                      "layers[1]: verity hash_offset 4096 is inside the data "
+                                      "(8192 bytes)", True),
+    "verity-offset-past-the-end": Case(set_fields(1, verity=TREE), [S, S, S],
+                                       "extension 000-ext0: skipped: " + L + "layers[1]: "
+                                       "verity hash_offset 4096 is past the image's end (4096 "
+                                       "bytes)", True),
     # handled, not refused: a byte-order mark, odd but plain image names, a Talos list
     "utf8-bom": Case(write_raw(lambda env: b"\xef\xbb\xbf" + (env.work / "extensions.yaml")
                                .read_bytes()), [A, A, A], ""),
