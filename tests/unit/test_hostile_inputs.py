@@ -1,11 +1,9 @@
-"""Hostile and careless inputs on every build-side and runtime entry point: validate, pack,
-build, inspect, get (there is no `metrics` command on this branch).
+"""Hostile and careless inputs on the build side and `get`: validate, pack, build, inspect,
+get (metrics, gc and initramfs-hook: test_hostile_runtime.py).
 
 Each case is generated here (no stored binaries) and run through the real command line in
-a child process under resource limits: RLIMIT_AS of 256 MiB and RLIMIT_CPU of 10 s. Past
-either, the child dies (MemoryError, SIGXCPU) and the case fails: the limits are stated
-by the test, not measured with a timer. Each asserts the exact exit status, standard
-output and error, and that no traceback appeared.
+a child process under resource limits (tests/hostile_cli.py). Each asserts the exact exit
+status, standard output and error, and that no traceback appeared.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,30 +27,9 @@ import pytest
 from agent import cpio
 from agent.statusfile import boot_doc, extension_doc
 from devtools.layers import M, layer
-from tests.hostile import alias_bomb_lines, mkfifo, sparse, symlink_to, unix_socket
+from tests.hostile import alias_bomb_lines, mkfifo, put, sparse, symlink_to, unix_socket
+from tests.hostile_cli import HANG_GUARD, MAX_CPU, RUNNER, Case, check
 from tests.unit.image.images import VALID, read_index, unpacked_layout, write_blob
-
-ROOT = Path(__file__).resolve().parents[2]
-MAX_AS = 256 << 20      # bytes of address space: memory bounded, not just slow to grow
-MAX_CPU = 10            # seconds of CPU
-# The limits are applied in the child before the agent is imported.
-RUNNER = ("import resource, sys\n"
-          f"resource.setrlimit(resource.RLIMIT_AS, ({MAX_AS}, {MAX_AS}))\n"
-          f"resource.setrlimit(resource.RLIMIT_CPU, ({MAX_CPU}, {MAX_CPU}))\n"
-          "from agent.cli import main\n"
-          "sys.exit(main(sys.argv[1:]))\n")
-HANG_GUARD = 120        # wall seconds: only so a regression cannot hang the suite
-
-
-@dataclass
-class Case:
-    make: Callable[[Path], list[str]]   # writes the inputs under tmp, returns the arguments
-    code: int
-    err: str                            # exact stderr; {tmp} is the case's folder
-    out: str = ""                       # exact stdout
-    env: dict[str, str] | None = None
-    lines: int = -1                     # stdout lines, where a forged one must not appear
-
 
 # ---------------------------------------------------------------- generators
 
@@ -299,11 +275,7 @@ def status(**changes: object) -> bytes:
 
 def get(data: bytes | Callable[[Path], None], *more: str) -> Callable[[Path], list[str]]:
     def make(tmp: Path) -> list[str]:
-        path = tmp / "status.json"
-        if callable(data):
-            data(path)
-        else:
-            path.write_bytes(data)
+        path = put(tmp / "status.json", data)
         return ["get", "extensions", "--status", str(path), *more]
     return make
 
@@ -645,48 +617,9 @@ def docker_archive(tmp: Path, manifest: bytes) -> list[str]:
     return ["validate", f"docker-archive:{path}"]
 
 
-def glob_match(text: str, pattern: str) -> bool:
-    """`*` in `pattern` stands for any run of characters on one line, `**` for any text."""
-    if "**" in pattern:
-        head, _, tail = pattern.partition("**")
-        return glob_match(text[:len(head)], head) and any(
-            glob_match(text[i:], tail) for i in range(len(head), len(text) + 1))
-    pieces = pattern.split("*")
-    if len(pieces) == 1:
-        return text == pattern
-    if not text.startswith(pieces[0]) or not text.endswith(pieces[-1]):
-        return False
-    at = len(pieces[0])
-    for piece in pieces[1:-1]:
-        found = text.find(piece, at)
-        if found < 0 or "\n" in text[at:found]:
-            return False
-        at = found + len(piece)
-    return "\n" not in text[at:len(text) - len(pieces[-1])] if pieces[-1] else True
-
-
-def run_limited(argv: list[str], cwd: Path, env: dict[str, str] | None = None,
-                ) -> subprocess.CompletedProcess[str]:
-    """The command line in a child under RLIMIT_AS and RLIMIT_CPU."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-c", RUNNER, *argv], capture_output=True,
-                          text=True, errors="surrogateescape", cwd=cwd, env=full_env,
-                          timeout=HANG_GUARD)
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hostile_input_one_line_within_limits(tmp_path: Path, name: str) -> None:
-    case = CASES[name]
-    argv = case.make(tmp_path)
-    proc = run_limited(argv, tmp_path, case.env)
-    assert proc.returncode >= 0, f"killed by signal {-proc.returncode} (over a limit?)"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == case.code, (proc.returncode, proc.stdout[-500:], proc.stderr)
-    tmp = str(tmp_path)
-    assert glob_match(proc.stderr, case.err.replace("{tmp}", tmp)), proc.stderr
-    assert glob_match(proc.stdout, case.out.replace("{tmp}", tmp)), proc.stdout[-2000:]
-    if case.lines >= 0:
-        assert len(proc.stdout.splitlines()) == case.lines, proc.stdout
+    check(CASES[name], tmp_path)
 
 
 def test_the_limits_bite() -> None:
