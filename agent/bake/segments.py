@@ -25,7 +25,7 @@ from typing import Any
 from agent import cpio
 from agent.bake.firmware import resolve_in_tree
 from agent.errors import BuildError
-from agent.image.unpack import ZstdStream
+from agent.image.decompress import ZstdStream
 
 Buffer = bytes | mmap.mmap    # a file read whole, or mapped (inspect)
 

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,6 +143,27 @@ def deep_layer(depth: int) -> bytes:
     members += [M("/".join(names[:i]), "dir") for i in range(1, len(names) + 1)]
     members.append(M("/".join(names) + "/f"))
     return layer(*members, gz=True)
+
+
+def members_layer(count: int, size: int) -> bytes:
+    """`count` members of `size` zero bytes: each alone under a limit, together over it."""
+    return layer(M("manifest.yaml", data=(VALID / "manifest.yaml").read_bytes()),
+                 *(M(f"rootfs/usr/local/z{i}", data=bytes(size)) for i in range(count)), gz=True)
+
+
+def pax_bomb_layer(size: int) -> tuple[bytes, str]:
+    """A PAX header of `size` bytes (tarfile reads one whole) before a small layer, gzipped
+    as a stream; and its diff_id."""
+    info = tarfile.TarInfo("pax")
+    info.type, info.size = tarfile.XHDTYPE, size
+    parts = [info.tobuf(tarfile.USTAR_FORMAT), *[bytes(1 << 20)] * (size >> 20),
+             layer(M("manifest.yaml"))]
+    digest, packer = hashlib.sha256(), zlib.compressobj(1, wbits=31)
+    out = []
+    for part in parts:
+        digest.update(part)
+        out.append(packer.compress(part))
+    return b"".join(out) + packer.flush(), "sha256:" + digest.hexdigest()
 
 
 def bomb_layer() -> bytes:
@@ -402,11 +424,19 @@ CASES: dict[str, Case] = {
                                              "--max-layer-size", str(1 << 20)], 1, "",
                                 "oci:{tmp}/layout: layer 0 (sha256:*): unpacks to more than "
                                 "the limit of 1048576 bytes (see --max-layer-size)\n"),
+    "oci-layer-gzip-members-past-limit": Case(lambda tmp: [
+        *oci(with_layer(members_layer(5, 16 << 20)))(tmp), "--max-layer-size", str(64 << 20)],
+        1, "", "oci:{tmp}/layout: layer 0 (sha256:*): unpacks to more than the limit of "
+        "67108864 bytes (see --max-layer-size)\n"),
+    "oci-layer-pax-header-300-MiB": Case(oci(with_layer(*pax_bomb_layer(300 << 20))), 1, "",
+                                         "oci:{tmp}/layout: layer 0 (sha256:*): not a valid "
+                                         "tar layer: an extended header of 314572800 bytes, "
+                                         "over the limit of 1048576\n"),
     "oci-layer-zstd-corrupt": Case(oci(with_layer(b"\x28\xb5\x2f\xfd" + os.urandom(64),
                                                   "sha256:" + "0" * 64)), 1, "",
                                    "oci:{tmp}/layout: layer 0 (sha256:*): not a valid zstd "
                                    "stream: *\n"),
-    "oci-layer-not-tar": Case(oci(with_layer(b"garbage" * 100, "sha256:" + "0" * 64)), 1, "",
+    "oci-layer-not-tar": Case(oci(with_layer(b"garbage" * 100)), 1, "",
                               "oci:{tmp}/layout: layer 0 (sha256:*): not a valid tar layer: *\n"),
     "oci-archive-not-tar": Case(lambda tmp: ((tmp / "a.tar").write_bytes(b"not a tar" * 99),
                                              ["validate", f"oci-archive:{tmp}/a.tar"])[1], 1,
