@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"metrics file, replaced atomically (default {OUTPUT})")
     p.add_argument("--staging", default=STAGING, metavar="DIR",
                    help=f"the per-layer mount folder used at boot (default {STAGING})")
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="where the extensions are stacked now, to check they still are "
+                        "(default /)")
     p.set_defaults(func=run, light=True)
 
 
@@ -33,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
 
     # phases as get shows them (a layer gone or corrupted since boot says so), and a
     # layer whose staging mount left the root overlay is gone too
-    status = with_live_phases(read_status(args.status), staging=args.staging)
+    status = with_live_phases(read_status(args.status), args.root, staging=args.staging)
     write_bytes_atomically(args.output, render(status).encode())
     return 0
