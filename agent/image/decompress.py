@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import mmap
 import threading
 from typing import IO
 
@@ -43,12 +44,27 @@ class CountingReader:
             pass
 
 
+class SliceReader:
+    """`read(n)` over `length` bytes of a buffer from `pos` (an mmap of an initramfs): the
+    tool is fed slice by slice, never a copy of the whole stream."""
+
+    def __init__(self, buffer: bytes | mmap.mmap, pos: int, length: int) -> None:
+        # slices, not a memoryview: an exported view would keep the mmap from closing
+        self.buffer, self.at, self.end = buffer, pos, pos + length
+
+    def read(self, n: int = -1) -> bytes:
+        stop = self.end if n is None or n < 0 else min(self.end, self.at + n)
+        data = self.buffer[self.at:stop]
+        self.at = max(self.at, stop)
+        return data
+
+
 class ZstdStream:
     """The decompressed bytes of a zstd (or, with `tool`, lz4) stream, through the tool; a
     thread feeds it `raw` (which may be a member of an archive, without a file descriptor
     of its own). Memory stays bounded: the reader takes what it needs, chunk by chunk."""
 
-    def __init__(self, raw: IO[bytes], label: str, tool: str = "zstd") -> None:
+    def __init__(self, raw: IO[bytes] | SliceReader, label: str, tool: str = "zstd") -> None:
         self.label, self.tool = label, tool
         try:
             self.proc = start([tool, "-d", "-c", "-q"])
@@ -57,7 +73,7 @@ class ZstdStream:
         self.feeder = threading.Thread(target=self.feed, args=(raw,), daemon=True)
         self.feeder.start()
 
-    def feed(self, raw: IO[bytes]) -> None:
+    def feed(self, raw: IO[bytes] | SliceReader) -> None:
         stdin = self.proc.stdin
         assert stdin is not None
         try:

@@ -14,6 +14,7 @@ import io
 import json
 import lzma
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -207,6 +208,14 @@ def zstd_stream(head: bytes, zeros: int) -> bytes:
     reader.join()
     proc.wait()
     return out[0]
+
+
+def incompressible_zstd(size: int) -> bytes:
+    """An archive with a member of `size` random bytes, zstd-compressed: a frame as long
+    as its content (read by slices, never copied whole)."""
+    data = archive(*BASE, cpio.regular("big", random.Random(1).randbytes(size)))
+    return subprocess.run(["zstd", "-q", "-1", "-c"], input=data, capture_output=True,
+                          check=True).stdout
 
 
 def declared_member(name: str, size: int) -> bytes:
@@ -557,6 +566,10 @@ CASES: dict[str, Case] = {
     "inspect-gzip-bomb": Case(inspect(initramfs(lambda: gzip.compress(
         declared_member("big", 1 << 30) + bytes(1 << 30), 1))), 1,
         E + "{tmp}/initrd.img: segment 0 at offset 0: unpacks to more than 1073741824 bytes\n"),
+    "inspect-zstd-frame-110-MiB": Case(inspect(initramfs(lambda: incompressible_zstd(
+        110 << 20))), 0, "", "{tmp}/initrd.img: * bytes, 1 segment(s)\nSEGMENT  OFFSET  "
+        "LENGTH     FORMAT  UNPACKED   MEMBERS\n0        0       *  zstd    115343844  3\n\n"
+        "no /extensions.yaml: no extensions baked in\n"),
     "inspect-zstd-corrupt": Case(inspect(initramfs(corrupt_zstd)), 1,
                                  E + "{tmp}/initrd.img: segment 0 at offset 0: not a valid zstd "
                                  "stream: *\n"),
