@@ -372,6 +372,11 @@ HOOK: dict[str, Case] = {
                            E + "{tmp}/tree: not a folder (the initramfs tree being built)\n"),
     "destdir-a-fifo": Case(hook(destdir=mkfifo), 1, E + "{tmp}/tree: not a folder (the "
                            "initramfs tree being built)\n"),
+    "destdir-the-root": Case(hook("--destdir", "/"), 1,
+                             E + "/: the running system's root, not an initramfs tree\n"),
+    "destdir-symlink-to-the-root": Case(hook(destdir=symlink_to("/")), 1,
+                                        E + "{tmp}/tree: the running system's root, not an "
+                                        "initramfs tree\n"),
     "destdir-dangling-symlink": Case(hook(destdir=symlink_to("/nonexistent/tree")), 1,
                                      E + "{tmp}/tree: not a folder (the initramfs tree being "
                                      "built)\n"),
