@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent import listfile, syscalls
-from agent.boot import loop, overlay
+from agent.boot import loop, overlay, store
 from agent.boot.activate import finish_activation, start_activation
 from agent.boot.modules import load_modules
 from agent.cli import main
@@ -657,3 +657,29 @@ def test_modules_missing_or_refused_are_recorded_and_boot_goes_on(
     status = read_status(env.settings.status_path)
     assert list(status.notes) == expected
     assert [e.phase for e in status.extensions] == [A, A]
+
+
+def test_many_absent_stores_share_one_wait(env: Env, image_cache: Callable[[int], Path],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list naming 20 stores that never appear: the first 8 share one wait (STORE_WAIT in
+    all, not each), the rest are over the limit; the inline layer boots. Waiting per store
+    would take at least 8 waits."""
+    monkeypatch.setattr(store, "STORE_WAIT", 0.3)
+    env.add(image_cache, [0])
+    doc = doc_of(env)
+    entry = doc["layers"][0]  # type: ignore[index]
+    doc["layers"] = [entry] + [  # type: ignore[operator]
+        {**entry, "image": f"{i:03d}-s.sqsh", "store": f"0BAD-{i:04X}", "path": "oa/x.sqsh",
+         "verity": TREE, "size": 8192} for i in range(1, 21)]
+    write_doc(env, doc)
+    root = finish_activation(start_activation(env.settings), str(env.base), str(env.target))
+    assert root == str(env.target)
+    status = read_status(env.settings.status_path)
+    assert [e.phase for e in status.extensions] == [A] + [F] * 20
+    reasons = [e.reason for e in status.extensions[1:]]
+    assert reasons == [f"store UUID=0BAD-{i:04X}: no such filesystem appeared within 0.3 s"
+                       for i in range(1, 9)] + \
+        [f"store UUID=0BAD-{i:04X}: over the limit of 8 stores in one list"
+         for i in range(9, 21)]
+    assert status.duration_ms < 8 * 300
+    assert mounts_under(str(env.work / "s" / "store0")) == []
