@@ -630,6 +630,12 @@ CASES: dict[str, Case] = {
                             E + "{tmp}/status.json: unknown status schema True\n"),
     "get-notes-not-strings": Case(get(status(notes=[1])), 1,
                                   E + "{tmp}/status.json: notes is not a list of strings\n"),
+    "get-loop-nul": Case(get(status(ext_loop="/dev/loop\x000")), 1,
+                         E + "{tmp}/status.json: extensions[0]: loop is not a printable "
+                         "string\n"),
+    "get-device-escape": Case(get(status(ext_check="verity", ext_device="oa\x1b[2J")), 1,
+                              E + "{tmp}/status.json: extensions[0]: device is not a printable "
+                              "string\n"),
     "get-phase-a-list": Case(get(status(ext_phase=["active"])), 1,
                              E + "{tmp}/status.json: extensions[0]: unknown phase <list>\n"),
     "get-compatibility-30-deep": Case(get(status(ext_compatibility=json.loads(

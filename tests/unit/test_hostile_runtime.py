@@ -137,6 +137,9 @@ METRICS: dict[str, Case] = {
     "status-phase-unknown": Case(metrics(status(ext_phase="pwned")), 1,
                                  E + "{tmp}/status.json: extensions[0]: unknown phase "
                                  "'pwned'\n"),
+    "status-loop-a-list": Case(metrics(status(ext_loop=["/dev/loop0"])), 1,
+                               E + "{tmp}/status.json: extensions[0]: loop is not a printable "
+                               "string\n"),
     "status-duration-a-string": Case(metrics(status(duration_ms="fast")), 1,
                                      E + "{tmp}/status.json: duration_ms is not a number\n"),
     "status-duration-true": Case(metrics(status(duration_ms=True)), 1,
