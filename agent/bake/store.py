@@ -10,6 +10,7 @@ keeps `build` (images written, initramfs not yet) and `gc` apart.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -82,11 +83,24 @@ def locate_store(folder: Path, uuid: str | None = None, prefix: str | None = Non
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """Hold the store's lock (flock, released however the process ends)."""
+    """Hold the store's lock (flock, released however the process ends). The lock file is
+    a regular file or nothing yet: a link, fifo or device under its name is not opened
+    (opening a device node can itself do something)."""
+    from agent.files import file_kind
+
+    path = folder / LOCK_NAME
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{file_kind(st.st_mode)}, not a regular file")
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        raise BuildError(f"{folder}: cannot open the store lock: {exc.strerror}") from None
+        raise BuildError(f"{path}: cannot open the store lock: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise BuildError(f"{path}: cannot open the store lock: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -280,6 +280,14 @@ GC: dict[str, Case] = {
             f"{HEX}.sqsh\n", "x\nremoved etc-passwd", "\x1b[2J.sqsh")]), 0, "", REMOVED,
         after=left(f"{KEPT}.sqsh", "C" * 64 + ".sqsh", "c" * 63 + ".sqsh", f"{HEX}.sqsh.tmp-1",
                    f".{HEX}.sqsh", f"{HEX}.sqsh\n", "x\nremoved etc-passwd", "\x1b[2J.sqsh")),
+    "lock-a-symlink": Case(gc(store=lambda folder: (folder / ".overlay-agent.lock").symlink_to(
+        folder.parent / "precious")), 1, E + "{tmp}/store/.overlay-agent.lock: cannot open "
+        "the store lock: a symbolic link, not a regular file\n",
+        after=lambda tmp: (left(*BOTH)(tmp),
+                           untouched("precious", None)(tmp))),
+    "lock-a-fifo": Case(gc(store=plant(".overlay-agent.lock", mkfifo)), 1,
+                        E + "{tmp}/store/.overlay-agent.lock: cannot open the store lock: a "
+                        "fifo, not a regular file\n"),
     # ------------------------------------------------ the initramfs naming what to keep
     "initramfs-fifo": Case(gc(mkfifo), 1, E + "{tmp}/initrd.img: cannot read: a fifo, not a "
                            "regular file" + NOTHING, after=left(*BOTH)),
