@@ -683,3 +683,36 @@ def test_many_absent_stores_share_one_wait(env: Env, image_cache: Callable[[int]
          for i in range(9, 21)]
     assert status.duration_ms < 8 * 300
     assert mounts_under(str(env.work / "s" / "store0")) == []
+
+
+CMDLINE_RULE = ("the folder must be a printable absolute path of at most 4095 bytes without "
+                "'.', '..', ',', ':' or '\\'")
+UPPER_CASES = {
+    "folder-escape": ("/dev/vdb:/a\x1b[2Jb", f"/dev/vdb:/a\x1b[2Jb: {CMDLINE_RULE}"),
+    "uuid-40": ("UUID=" + "a" * 40, "UUID=" + "a" * 40 + ": UUID is longer than 36 characters"),
+    "tmpfs-19-digits": ("tmpfs:" + "9" * 19 + "g", "tmpfs:" + "9" * 19 + "g: size must be a "
+                        "number with an optional k, m, g or % (as tmpfs's size=)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPPER_CASES))
+def test_hostile_upper_value_boots_the_bare_root_in_hook_mode(
+        env: Env, image_cache: Callable[[int], Path], name: str) -> None:
+    """Hook mode acts on its own keys only: an unusable overlay_agent.upper= is one line
+    and a status note, nothing activates, the root the initramfs mounted boots."""
+    value, why = UPPER_CASES[name]
+    env.add(image_cache, [0, 1])
+    s = env.settings
+    syscalls.mount(str(env.base), str(env.target), None, syscalls.MS_BIND)
+    (env.work / "cmdline").write_text(f"root=/dev/sda1 ro overlay_agent.upper={value}\n")
+    assert main(["boot", "--root", str(env.target), "--list", s.list_path, "--images",
+                 s.images_dir, "--status", s.status_path, "--staging", s.staging_dir,
+                 "--cmdline", str(env.work / "cmdline")]) == 0
+    line = f"kernel command line: overlay_agent.upper={why}; no extension activated"
+    assert env.lines == [line]
+    status = read_status(s.status_path)
+    assert list(status.notes) == [line] and status.upper is None
+    assert [e.phase for e in status.extensions] == []
+    assert status.root != str(env.target)       # the bare root, as every bare case here
+    assert not os.path.ismount(s.staging_dir + "/upper")
+    assert [m for m in mounts_under(str(env.work / "s")) if not m.endswith("/s/base")] == []
