@@ -354,5 +354,5 @@ def apply_dir_modes(modes: dict[str, int]) -> None:
         try:
             if stat.S_ISDIR(os.lstat(path).st_mode):
                 os.chmod(path, modes[path])
-        except FileNotFoundError:
-            pass    # removed by a later layer's whiteout
+        except (FileNotFoundError, NotADirectoryError):
+            pass    # removed by a later whiteout, or a parent replaced by a file

@@ -441,6 +441,10 @@ CASES: dict[str, Case] = {
                                          "oci:{tmp}/layout: layer 0 (sha256:*): not a valid "
                                          "tar layer: an extended header of 314572800 bytes, "
                                          "over the limit of 1048576\n"),
+    "oci-layer-folder-then-file": Case(oci(with_layer(layer(
+        M("manifest.yaml", data=(VALID / "manifest.yaml").read_bytes()),
+        M("rootfs/usr/local/a/a", "dir"), M("rootfs/usr/local/a"), gz=True))), 0, "",
+        "1 extension(s) valid\n"),
     "oci-layer-zstd-corrupt": Case(oci(with_layer(b"\x28\xb5\x2f\xfd" + os.urandom(64),
                                                   "sha256:" + "0" * 64)), 1, "",
                                    "oci:{tmp}/layout: layer 0 (sha256:*): not a valid zstd "

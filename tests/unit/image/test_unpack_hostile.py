@@ -229,3 +229,12 @@ def test_an_extended_header_is_bounded_before_it_is_read(arena: tuple[Path, Path
     assert str(exc.value) == ("src: layer 0: not a valid tar layer: an extended header of "
                               "314572800 bytes, over the limit of 1048576")
     assert os.listdir(staging) == []
+
+
+def test_a_folder_whose_parent_became_a_file_is_skipped_by_the_modes(
+        arena: tuple[Path, Path]) -> None:
+    """`a/a` a folder, then `a` a file (found by fuzzing): the folder is gone, its mode is
+    not applied, and no NotADirectoryError escapes."""
+    staging, _ = arena
+    unpack(staging, layer(M("a/a", "dir"), M("a")))
+    assert (staging / "a").is_file()
