@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from agent import lightjson, yamltext
 from agent.errors import ListFileError
+from agent.escape import clip
 from agent.values import Value
 
 SCHEMA_VERSION = 1
@@ -45,6 +46,9 @@ MAX_COMPAT_DEPTH = 8
 VERITY_BLOCK = 4096
 VERITY_HASH = "sha256"
 VERITY_SALT_MAX = 256      # bytes (the kernel's limit)
+VERITY_MAX_OFFSET = 1 << 62   # the device-mapper table counts in 64-bit sectors
+MAX_STORE_PATH = 4095        # PATH_MAX less its NUL
+MAX_UUID = 36                # a GPT-style UUID; ext4's is 36, vfat's 9
 _HEX = frozenset("0123456789abcdef")
 _UUID_CHARS = frozenset("0123456789abcdefABCDEF-")
 
@@ -159,8 +163,11 @@ class Verity(Value):
             value = data.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0 \
                     or value % VERITY_BLOCK:
-                raise ListFileError(f"{where}: verity {key} {value!r} is not a positive "
-                                    f"multiple of {VERITY_BLOCK}")
+                raise ListFileError(f"{where}: verity {key} {clip(repr(value), 40)} is not a "
+                                    f"positive multiple of {VERITY_BLOCK}")
+            if value >= VERITY_MAX_OFFSET:
+                raise ListFileError(f"{where}: verity {key} is over the limit of "
+                                    f"{VERITY_MAX_OFFSET} bytes")
             sizes.append(value)
         if sizes[1] < sizes[0]:
             raise ListFileError(f"{where}: verity hash_offset {sizes[1]} is inside the data "
@@ -261,11 +268,20 @@ def layer_dict(layer: Layer) -> dict[str, object]:
 
 
 def check_store_path(path: object, at: str) -> str:
-    """A relative path of plain names: it is joined to where the store is mounted."""
-    if not isinstance(path, str) or not path or path.startswith("/") or "\0" in path:
-        raise ListFileError(f"{at}: store path {path!r} is not a relative path")
+    """A relative path of printable plain names: it is joined to where the store is
+    mounted, and shown in reasons."""
+    shown = clip(repr(path), 80)
+    if not isinstance(path, str) or not path or path.startswith("/"):
+        raise ListFileError(f"{at}: store path {shown} is not a relative path")
+    if not path.isprintable():
+        raise ListFileError(f"{at}: store path {shown} holds a control character or an "
+                            "undecodable byte")
+    if len(path.encode()) > MAX_STORE_PATH or \
+            any(len(part.encode()) > MAX_NAME for part in path.split("/")):
+        raise ListFileError(f"{at}: store path is over {MAX_STORE_PATH} bytes or has a part "
+                            f"over {MAX_NAME}")
     if any(part in ("", ".", "..") for part in path.split("/")):
-        raise ListFileError(f"{at}: store path {path!r} has an empty, . or .. part")
+        raise ListFileError(f"{at}: store path {shown} has an empty, . or .. part")
     return path
 
 
@@ -290,12 +306,16 @@ def check_layer(raw: object, at: str) -> Layer:
     verity = None if raw.get("verity") is None else Verity.from_dict(raw["verity"], at)
     store, path = raw.get("store") or "", ""
     if store:
-        if not isinstance(store, str) or not set(store) <= _UUID_CHARS or len(store) > 36:
-            raise ListFileError(f"{at}: store {store!r} is not a filesystem UUID")
+        if not isinstance(store, str) or not set(store) <= _UUID_CHARS or \
+                len(store) > MAX_UUID or not store.strip("-"):
+            raise ListFileError(f"{at}: store {clip(repr(store), 40)} is not a filesystem UUID")
         if verity is None:
             raise ListFileError(f"{at}: a store image needs verity (its root hash is what "
                                 "vouches for it)")
         path = check_store_path(raw.get("path"), at)
+    if verity is not None and size >= 0 and verity.hash_offset + VERITY_BLOCK > size:
+        raise ListFileError(f"{at}: verity hash_offset {verity.hash_offset} is past the "
+                            f"image's end ({size} bytes)")
     return Layer(image, meta, sha256.lower(), size, kind, verity, store, path)
 
 

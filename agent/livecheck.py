@@ -1,14 +1,17 @@
 """Cross-check the boot status against the running system: a layer the status calls
-active whose overlay or loop device has gone since boot, or whose dm-verity device has seen
-a corrupted block, is reported, not trusted.
+active whose overlay, staging mount or loop device has gone since boot, or whose dm-verity
+device has seen a corrupted block, is reported, not trusted. The one home of "is this
+layer live": `get extensions` shows it as a phase, the metrics as layer_mounted.
 
-Mounts come from psutil; loop devices from sysfs (psutil has no view of them). Used by
-`get extensions` and the metrics in the booted system, never on the boot path.
+Mounts come from psutil; loop devices from sysfs (psutil has no view of them). Never on
+the boot path.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 
 from agent.statusfile import ACTIVE, API_NONE, CHECK_VERITY, BootStatus
 
@@ -18,14 +21,30 @@ CORRUPTED = "corrupted"       # an active verity layer whose device saw a bad bl
 CORRUPTED_REASON = "dm-verity: a block failed its hash check (see the kernel log)"
 
 
-def overlay_mounted(mountpoint: str) -> bool | None:
-    """Whether an overlay is mounted at `mountpoint`; None without psutil."""
+def mount_table() -> list[object] | None:
+    """psutil.disk_partitions(all=True); None without psutil (the initramfs has none)."""
     try:
         import psutil
     except ImportError:
         return None
-    return any(p.mountpoint == mountpoint and p.fstype == "overlay"
-               for p in psutil.disk_partitions(all=True))
+    return list(psutil.disk_partitions(all=True))
+
+
+def overlay_lowers(partitions: Iterable[object], mountpoint: str) -> set[str] | None:
+    """Every path the overlay mounted at `mountpoint` lists in its options (lowerdir=a:b,
+    lowerdir+=c); None when no overlay is mounted there."""
+    found: set[str] | None = None
+    for part in partitions:
+        if getattr(part, "mountpoint", None) != mountpoint or \
+                getattr(part, "fstype", None) != "overlay":
+            continue
+        found = set() if found is None else found
+        for opt in str(getattr(part, "opts", "")).split(","):
+            key, _, value = opt.partition("=")
+            if key in ("lowerdir", "lowerdir+"):
+                # a ":" inside a path is escaped as "\:" by overlayfs
+                found.update(p.replace("\\:", ":") for p in re.split(r"(?<!\\):", value) if p)
+    return found
 
 
 def loop_attached(device: str, sys_block: str = SYS_BLOCK) -> bool:
@@ -39,13 +58,28 @@ def loop_attached(device: str, sys_block: str = SYS_BLOCK) -> bool:
         return False
 
 
-def find_gone(status: BootStatus, root: str = "/", sys_block: str = SYS_BLOCK) -> dict[int, str]:
-    """Index -> why, for every layer recorded active that the running system no longer holds."""
+def find_gone(status: BootStatus, root: str = "/", sys_block: str = SYS_BLOCK,
+              staging: str = "", partitions: Iterable[object] | None = None) -> dict[int, str]:
+    """Index -> why, for every layer recorded active that the running system no longer
+    holds. With `staging` (the per-layer mount folder of the boot), a layer whose mount
+    STAGING/INDEX is not among the overlay's lower layers is gone too."""
     active = [e for e in status.extensions if e.phase == ACTIVE]
-    if active and status.overlay != API_NONE and overlay_mounted(root) is False:
-        return {e.index: f"no overlay mounted at {root} any more" for e in active}
-    return {e.index: f"loop device {e.loop} is no longer attached" for e in active
-            if e.loop and not loop_attached(e.loop, sys_block)}
+    table = list(partitions) if partitions is not None else mount_table()
+    lowers = None
+    # the status may say the bare root (overlay none); given the staging folder, the
+    # running system is asked all the same
+    if active and table is not None and (staging or status.overlay != API_NONE):
+        lowers = overlay_lowers(table, root)
+        if lowers is None:
+            return {e.index: f"no overlay mounted at {root} any more" for e in active}
+    gone = {}
+    for e in active:
+        mount = f"{staging.rstrip('/')}/{e.index}"
+        if staging and lowers is not None and mount not in lowers:
+            gone[e.index] = f"{mount} is not a layer of the overlay at {root} any more"
+        elif e.loop and not loop_attached(e.loop, sys_block):
+            gone[e.index] = f"loop device {e.loop} is no longer attached"
+    return gone
 
 
 def mark_corrupted(status: BootStatus) -> BootStatus:
@@ -59,12 +93,14 @@ def mark_corrupted(status: BootStatus) -> BootStatus:
     return status.replace(extensions=exts)
 
 
-def with_live_phases(status: BootStatus, root: str = "/",
-                     sys_block: str = SYS_BLOCK) -> BootStatus:
+def with_live_phases(status: BootStatus, root: str = "/", sys_block: str = SYS_BLOCK,
+                     staging: str = "",
+                     partitions: Iterable[object] | None = None) -> BootStatus:
     """`status` with every layer that has gone shown in phase `gone` and every verity layer
-    that saw corruption in phase `corrupted`, each with the reason."""
+    that saw corruption in phase `corrupted`, each with the reason: after it, a layer is
+    live exactly when its phase is active."""
     status = mark_corrupted(status)
-    gone = find_gone(status, root, sys_block)
+    gone = find_gone(status, root, sys_block, staging, partitions)
     if not gone:
         return status
     return status.replace(extensions=tuple(

@@ -218,8 +218,10 @@ def check_extension(raw: object, where: str) -> list[str]:
     # check and device came later: a status file without them reads as no check
     if raw.get("check", CHECK_NONE) not in CHECKS:
         problems.append(f"{where}: unknown check {shown(raw.get('check'))}")
-    if not isinstance(raw.get("device", ""), str):
-        problems.append(f"{where}: device is not a string")
+    for key in ("device", "loop"):   # names of devices, opened under /sys and /dev
+        value = raw.get(key, "")
+        if not isinstance(value, str) or not value.isprintable():
+            problems.append(f"{where}: {key} is not a printable string")
     return problems
 
 

@@ -53,3 +53,12 @@ def alias_bomb_lines(levels: int = 8) -> list[str]:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
     return lines
+
+
+def put(path: Path, data: bytes | Callable[[Path], None]) -> Path:
+    """`data` written at `path`, or `data(path)` called to make something there."""
+    if callable(data):
+        data(path)
+    else:
+        path.write_bytes(data)
+    return path

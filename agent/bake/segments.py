@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bz2
 import enum
-import io
 import lzma
 import mmap
 import re
@@ -25,7 +24,7 @@ from typing import Any
 from agent import cpio
 from agent.bake.firmware import resolve_in_tree
 from agent.errors import BuildError
-from agent.image.unpack import ZstdStream
+from agent.image.decompress import SliceReader, ZstdStream
 
 Buffer = bytes | mmap.mmap    # a file read whole, or mapped (inspect)
 
@@ -169,9 +168,9 @@ def inflate(decoder: Decoder, blob: Buffer, pos: int, fmt: SegmentFormat, where:
     length.value = at - pos - left
 
 
-def through_tool(tool: str, data: bytes, label: str) -> Iterator[bytes]:
+def through_tool(tool: str, data: SliceReader, label: str) -> Iterator[bytes]:
     """Chunks from `tool -d` (zstd, lz4), fed `data`; the tool is stopped whatever happens."""
-    stream = ZstdStream(io.BytesIO(data), label, tool)
+    stream = ZstdStream(data, label, tool)
     try:
         while chunk := stream.read(_OUT):
             yield chunk
@@ -203,7 +202,7 @@ def unpack_stream(blob: Buffer, pos: int, fmt: SegmentFormat, where: str,
         length.value = measure_zstd_frame(blob, pos, where)
     else:   # lz4 legacy: no end marker, the rest of the file
         length.value = len(blob) - pos
-    return through_tool(fmt.value, bytes(blob[pos:pos + length.value]), at), length
+    return through_tool(fmt.value, SliceReader(blob, pos, length.value), at), length
 
 
 def read_archives(chunks: Chunks, at: str, keep: cpio.Keep | None) -> list[cpio.Entry]:

@@ -10,10 +10,12 @@ keeps `build` (images written, initramfs not yet) and `gc` apart.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +83,24 @@ def locate_store(folder: Path, uuid: str | None = None, prefix: str | None = Non
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """Hold the store's lock (flock, released however the process ends)."""
+    """Hold the store's lock (flock, released however the process ends). The lock file is
+    a regular file or nothing yet: a link, fifo or device under its name is not opened
+    (opening a device node can itself do something)."""
+    from agent.files import file_kind
+
+    path = folder / LOCK_NAME
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{file_kind(st.st_mode)}, not a regular file")
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        raise BuildError(f"{folder}: cannot open the store lock: {exc.strerror}") from None
+        raise BuildError(f"{path}: cannot open the store lock: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise BuildError(f"{path}: cannot open the store lock: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -131,29 +146,39 @@ def boot_initramfs_files(boot: Path = BOOT_DIR) -> list[Path]:
 
 
 def list_of_initramfs(path: Path) -> tuple[listfile.Layer, ...]:
-    """The layers an initramfs lists (none when it has no list); AgentError when it cannot
-    be read: gc then refuses to remove anything."""
-    from agent.bake.segments import merged_members, split_segments
+    """The layers an initramfs lists (none when it has no list), read as `inspect` reads it
+    (a regular file, streamed, memory bounded); AgentError when it cannot be read: gc then
+    refuses to remove anything."""
+    from agent.bake.inspect import inspect_initramfs
 
     try:
-        blob = path.read_bytes()
+        return tuple(report.layer for report in inspect_initramfs(path).layers)
+    except AgentError as exc:
+        raise BuildError(f"{exc}; nothing removed") from None
+
+
+def running_list(path: Path) -> tuple[listfile.Layer, ...]:
+    """The running system's list (none when there is none), read with the list's bounds."""
+    from agent.files import read_regular
+
+    try:
+        data = read_regular(str(path), listfile.MAX_LIST_BYTES, follow=True)
+    except FileNotFoundError:
+        return ()
     except OSError as exc:
         raise BuildError(f"{path}: cannot read: {exc.strerror}; nothing removed") from None
-    members = merged_members(split_segments(blob, str(path)))
-    entry = members.get(listfile.LIST_PATH.strip("/"))
-    if entry is None:
-        return ()
-    return listfile.read_list(entry.content().decode(errors="replace"),
-                              f"{path}:{listfile.LIST_PATH}")
+    try:
+        return listfile.read_list(listfile.decode_list(data, str(path)), str(path))
+    except AgentError as exc:
+        raise BuildError(f"{exc}; nothing removed") from None
 
 
-def referenced_names(initramfs: Sequence[Path], running_list: Path | None) -> set[str]:
+def referenced_names(initramfs: Sequence[Path], running: Path | None) -> set[str]:
     """Content names of store images that any given initramfs, or the running system's
     list, refers to (whatever the store UUID: keeping too much is the safe side)."""
     lists = [list_of_initramfs(p) for p in initramfs]
-    if running_list is not None and running_list.is_file():
-        lists.append(listfile.read_list(running_list.read_text(errors="replace"),
-                                        str(running_list)))
+    if running is not None:
+        lists.append(running_list(running))
     return {os.path.basename(layer.path) for layers in lists for layer in layers if layer.store}
 
 
@@ -169,7 +194,10 @@ def collect_garbage(folder: Path, initramfs: Sequence[Path] | None = None,
         keep = referenced_names(files, running_list)
         removed = []
         for entry in sorted(folder.iterdir()):
-            if IMAGE_NAME.match(entry.name) and entry.name not in keep:
+            # only what build writes: a regular file under a content name (a link, a fifo
+            # or a folder under such a name is not ours to remove)
+            if IMAGE_NAME.fullmatch(entry.name) and entry.name not in keep and \
+                    stat.S_ISREG(entry.lstat().st_mode):
                 entry.unlink()
                 removed.append(entry.name)
     return removed

@@ -21,6 +21,9 @@ _ROOT_SYNTAX = "expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL="
 UPPER_KEY = PREFIX + "upper"
 UPPER_TMPFS = "tmpfs"
 _SIZE_UNITS = "kKmMgG%"
+_MAX_DIGITS = 18           # a tmpfs size: past this it is no size any kernel can give
+_MAX_ID = 36               # a UUID or PARTUUID (GPT's 36; MBR's and vfat's are shorter)
+_MAX_PATH = 4095           # a device path, label or folder: PATH_MAX less its NUL
 
 
 class RootKind:
@@ -157,6 +160,9 @@ def split_cmdline(text: str) -> tuple[list[str], list[str]]:
 
 def parse_root(value: str, key: str = "root") -> RootSpec:
     """`root=` value -> RootSpec; unknown syntax raises BootError naming `key`."""
+    if not value.isprintable() or len(value.encode(errors="replace")) > _MAX_PATH:
+        raise BootError(f"{key}={value[:80]}: holds a control character or is over "
+                        f"{_MAX_PATH} bytes")
     aliases = {"/dev/disk/by-uuid/": RootKind.UUID, "/dev/disk/by-label/": RootKind.LABEL,
                "/dev/disk/by-partuuid/": RootKind.PARTUUID,
                "/dev/disk/by-partlabel/": RootKind.PARTLABEL}
@@ -176,8 +182,11 @@ def _tagged(kind: str, rest: str, original: str, key: str) -> RootSpec:
     if not rest:
         raise BootError(f"{key}={original}: empty {kind}")
     named = kind in (RootKind.LABEL, RootKind.PARTLABEL)     # names keep their case
-    if not named and not all(c in "0123456789abcdefABCDEF-" for c in rest):
+    if not named and (not all(c in "0123456789abcdefABCDEF-" for c in rest)
+                      or not rest.strip("-")):
         raise BootError(f"{key}={original}: {kind} must be hexadecimal digits and dashes")
+    if not named and len(rest) > _MAX_ID:
+        raise BootError(f"{key}={original[:80]}: {kind} is longer than {_MAX_ID} characters")
     return RootSpec(kind, rest if named else rest.lower())
 
 
@@ -190,16 +199,18 @@ def parse_upper(value: str) -> UpperSpec:
     if value == UPPER_TMPFS or value.startswith(UPPER_TMPFS + ":"):
         size = value[len(UPPER_TMPFS) + 1:]
         number = size[:-1] if size[-1:] in tuple(_SIZE_UNITS) else size
-        if len(value) > len(UPPER_TMPFS) and not (number.isascii() and number.isdigit()):
+        if len(value) > len(UPPER_TMPFS) and not (number.isascii() and number.isdigit()
+                                                  and len(number) <= _MAX_DIGITS):
             raise BootError(f"{key}={value}: size must be a number with an optional "
                             "k, m, g or % (as tmpfs's size=)")
         return UpperSpec(size=size)
     cut = value.rfind(":/")
     device, folder = (value[:cut], value[cut + 1:]) if cut > 0 else (value, "/")
     parts = folder.split("/")
-    if any(c in folder for c in ",:\\") or ".." in parts or "." in parts:
-        raise BootError(f"{key}={value}: the folder must be an absolute path without "
-                        "'.', '..', ',', ':' or '\\'")
+    if any(c in folder for c in ",:\\") or ".." in parts or "." in parts \
+            or not folder.isprintable() or len(folder.encode(errors="replace")) > _MAX_PATH:
+        raise BootError(f"{key}={value[:80]}: the folder must be a printable absolute path "
+                        f"of at most {_MAX_PATH} bytes without '.', '..', ',', ':' or '\\'")
     return UpperSpec(parse_root(device, key), "/" + "/".join(p for p in parts if p))
 
 

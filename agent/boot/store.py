@@ -9,23 +9,27 @@ store that cannot be found or mounted fails its layers (recorded), never the boo
 from __future__ import annotations
 
 import os
+import time
 
 from agent.boot.cmdline import RootKind, RootSpec
 from agent.boot.verify import Candidate, LayerFailed, check_one, open_image, sha256_constructor
 from agent.errors import BootError
 from agent.statusfile import CHECK_SHA256
 
-STORE_WAIT = 10.0          # seconds for a store disk to appear after the root has
+STORE_WAIT = 10.0          # seconds for the store disks to appear after the root has, in all
 STORE_DIR = "store"        # store N is mounted at STAGING/storeN
+# a build writes one store; a list naming many absent ones must not cost a wait each
+MAX_STORES = 8
 
 
-def mount_store(uuid: str, target: str) -> str:
-    """Mount the filesystem with this UUID read-only at `target`; the problem, or ""."""
+def mount_store(uuid: str, target: str, wait: float = STORE_WAIT) -> str:
+    """Mount the filesystem with this UUID read-only at `target`, waiting at most `wait` s
+    for it; the problem, or ""."""
     from agent import syscalls
     from agent.boot.rootdev import probe_filesystem, wait_for_device
 
     try:
-        device = wait_for_device(RootSpec(RootKind.UUID, uuid), STORE_WAIT)
+        device = wait_for_device(RootSpec(RootKind.UUID, uuid), wait)
     except BootError:
         return f"store UUID={uuid}: no such filesystem appeared within {STORE_WAIT:g} s"
     except OSError as exc:     # the uevent socket: the store's layers fail, not the boot
@@ -46,14 +50,19 @@ def open_store_layers(cands: list[Candidate], staging_dir: str) -> None:
     """Mount the stores the candidates need, open their images, check what needs a sha256;
     each outcome lands on its candidate, whose `checked` is then released."""
     stores: dict[str, tuple[str, str]] = {}     # uuid -> (mount point, problem)
+    deadline = time.monotonic() + STORE_WAIT    # one wait shared by every store
     buf = bytearray(0)
     for cand in cands:
         if not cand.entry.store:
             continue
         uuid = cand.entry.store
-        if uuid not in stores:
+        if uuid not in stores and len(stores) >= MAX_STORES:
+            stores[uuid] = ("", f"store UUID={uuid}: over the limit of {MAX_STORES} stores "
+                                "in one list")
+        elif uuid not in stores:
             where = os.path.join(staging_dir, f"{STORE_DIR}{len(stores)}")
-            stores[uuid] = (where, mount_store(uuid, where))
+            wait = max(0.0, deadline - time.monotonic())
+            stores[uuid] = (where, mount_store(uuid, where, wait))
         where, problem = stores[uuid]
         cand.path = os.path.join(where, cand.entry.path)
         if not problem:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from agent.commands.options import add_fetch_arguments, fetch_options
 from agent.errors import UsageError
+from agent.escape import clip
 
 CONFIG = "/etc/overlay-agent/machine.yaml"
 CACHE = "/var/cache/overlay-agent"
@@ -53,22 +55,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+MAX_RELEASE = 255     # a folder name under /lib/modules
+
+
+def check_release(release: str) -> None:
+    """A kernel release names a folder under /lib/modules and is printed: one printable
+    file name."""
+    if "/" in release or not release.strip(".") or not release.isprintable() \
+            or len(release.encode(errors="surrogateescape")) > MAX_RELEASE:
+        raise UsageError(f"--kernel-release {clip(repr(release), 80)}: not a kernel release")
+
+
 def run(args: argparse.Namespace) -> int:
-    from agent.bake.build import BuildRequest, bake_into_tree
+    from agent.bake.build import BuildRequest, bake_into_tree, gather_sources
+    from agent.errors import ValidationFailed
     from agent.initramfs.tree import check_tree, install_entries, runtime_tree_entries
     from agent.output import source_date_epoch
 
     check_tree(args.destdir)
-    if "/" in args.kernel_release or not args.kernel_release.strip("."):
-        raise UsageError(f"--kernel-release {args.kernel_release!r}: not a kernel release")
+    check_release(args.kernel_release)
     modules_dir = args.modules_dir or Path("/lib/modules", args.kernel_release)
-    config = args.config if args.config.exists() else None
+    # missing: no extensions; a dangling symlink or anything else there is read (and refused)
+    config = args.config if os.path.lexists(args.config) else None
     request = BuildRequest(
         initramfs=args.destdir, output=args.destdir, config=config, base_root=args.base_root,
         kernel_release=args.kernel_release, epoch=source_date_epoch(),
         fetch=dataclasses.replace(fetch_options(args), cache=args.cache),
         # hash trees when cryptsetup-bin (recommended) is there; the boot checks sha256 else
         verity=shutil.which("veritysetup") is not None)
+    _, problems = gather_sources(request, allow_empty=True)
+    if problems:     # before anything is written into the tree
+        raise ValidationFailed(problems)
     # the runtime first: on a tree without them yet, it makes the merged-/usr links
     # (lib -> usr/lib) that the extensions' firmware then goes through
     added = install_entries(runtime_tree_entries(args.destdir, modules_dir,

@@ -22,20 +22,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"metrics file, replaced atomically (default {OUTPUT})")
     p.add_argument("--staging", default=STAGING, metavar="DIR",
                    help=f"the per-layer mount folder used at boot (default {STAGING})")
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="where the extensions are stacked now, to check they still are "
+                        "(default /)")
     p.set_defaults(func=run, light=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    import psutil
-
     from agent.livecheck import with_live_phases
-    from agent.metrics import live_layers, overlay_lowers, render
+    from agent.metrics import render
     from agent.output import write_bytes_atomically
     from agent.statusfile import read_status
 
-    # phases as get shows them: a layer gone or corrupted since boot says so
-    status = with_live_phases(read_status(args.status))
-    lowers = overlay_lowers(psutil.disk_partitions(all=True))
-    text = render(status, live_layers(status, args.staging, lowers))
-    write_bytes_atomically(args.output, text.encode())
+    # phases as get shows them (a layer gone or corrupted since boot says so), and a
+    # layer whose staging mount left the root overlay is gone too
+    status = with_live_phases(read_status(args.status), args.root, staging=args.staging)
+    write_bytes_atomically(args.output, render(status).encode())
     return 0

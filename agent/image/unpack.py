@@ -4,8 +4,11 @@ Nothing is ever written outside the staging folder: member names with `..` or a 
 `/` are refused, parent paths are resolved component by component without leaving the
 staging tree (a symlink that would lead out is refused, never followed), files are created
 with O_EXCL|O_NOFOLLOW, hard links must point at files inside the tree, device, fifo and
-socket members are refused, and the decompressed stream is counted so that a layer bigger
-than the limit (a decompression bomb) stops early. Layers may be plain, gzip or zstd (the
+socket members are refused. A layer is decompressed once before anything is written,
+counted and hashed: one bigger than the limit (a decompression bomb) or not matching its
+diff_id is refused with nothing written; the unpacking pass counts and hashes again (the
+blob may change under us). Extended headers (PAX, GNU long names), which tar reads
+into memory whole, are bounded. Layers may be plain, gzip or zstd (the
 `zstd` tool: Python's standard library has no zstd before 3.14). Whiteouts follow the OCI image spec
 (layer.md): `.wh.NAME` deletes NAME from lower layers, `.wh..wh..opq` empties a directory
 of what lower layers put there.
@@ -14,19 +17,17 @@ of what lower layers put there.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import stat
 import tarfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent.errors import ToolError, UnpackError
+from agent.errors import UnpackError
 from agent.escape import clip
-from agent.tools import start
+from agent.image.decompress import CountingReader, LayerTooBig, ZstdStream, open_decompressed
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -35,33 +36,26 @@ MAX_SYMLINK_HOPS = 40
 # short and every path well under PATH_MAX.
 MAX_DEPTH = 256
 _CHUNK = 1 << 20
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# A PAX or GNU long-name header holds a name, a link target and attributes: far below
+# this. tarfile reads one whole into memory, so its declared size is checked first.
+MAX_EXTENDED_HEADER = 1 << 20
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 
 
-class LayerTooBig(Exception):
+class HeaderTooBig(tarfile.HeaderError):
     pass
 
 
-class CountingReader:
-    """A read-only stream that hashes what passes and stops past `limit` bytes."""
+class BoundedTarInfo(tarfile.TarInfo):
+    """A member header whose extended header, if any, is refused past
+    MAX_EXTENDED_HEADER bytes before tarfile reads it into memory."""
 
-    def __init__(self, raw: IO[bytes] | ZstdStream, limit: int) -> None:
-        self.raw, self.limit, self.count = raw, limit, 0
-        self.sha256 = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n if n is not None and n >= 0 else _CHUNK)
-        self.count += len(data)
-        # tar pads to 10 KiB records past the content; allow a little over the limit for that
-        if self.count > self.limit + 65536:
-            raise LayerTooBig
-        self.sha256.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
+    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
+            raise HeaderTooBig(f"an extended header of {self.size} bytes, over the limit of "
+                               f"{MAX_EXTENDED_HEADER}")
+        return super()._proc_member(tarfile)  # type: ignore[misc, no-any-return]
 
 
 @dataclass
@@ -296,80 +290,52 @@ def unpack_member(state: LayerState, tf: tarfile.TarFile, member: tarfile.TarInf
     state.created.add(path)
 
 
-class ZstdStream:
-    """The decompressed bytes of a zstd (or, with `tool`, lz4) stream, through the tool; a
-    thread feeds it `raw` (which may be a member of an archive, without a file descriptor
-    of its own). Memory stays bounded: the reader takes what it needs, chunk by chunk."""
-
-    def __init__(self, raw: IO[bytes], label: str, tool: str = "zstd") -> None:
-        self.label, self.tool = label, tool
-        try:
-            self.proc = start([tool, "-d", "-c", "-q"])
-        except ToolError as exc:
-            raise UnpackError(f"{label}: {tool}-compressed data: {exc}") from None
-        self.feeder = threading.Thread(target=self.feed, args=(raw,), daemon=True)
-        self.feeder.start()
-
-    def feed(self, raw: IO[bytes]) -> None:
-        stdin = self.proc.stdin
-        assert stdin is not None
-        try:
-            while chunk := raw.read(_CHUNK):
-                stdin.write(chunk)
-        except (OSError, ValueError):
-            pass    # zstd stopped (bad data, or the reader is done): its exit status tells
-        finally:
-            try:
-                stdin.close()
-            except OSError:
-                pass
-
-    def read(self, n: int = -1) -> bytes:
-        assert self.proc.stdout is not None
-        data = self.proc.stdout.read(n if n >= 0 else _CHUNK)
-        if not data and self.proc.wait() != 0:
-            assert self.proc.stderr is not None
-            lines = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
-            why = (lines[-1].removeprefix("zstd: ").removeprefix("/*stdin*\\ : ").strip()
-                   if lines else f"exit status {self.proc.returncode}")
-            raise UnpackError(f"{self.label}: not a valid {self.tool} stream: {why}")
-        return data
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.feeder.join()
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+def too_big(label: str, max_size: int) -> UnpackError:
+    return UnpackError(f"{label}: unpacks to more than the limit of {max_size} bytes "
+                       "(see --max-layer-size)")
 
 
-def open_decompressed(raw: IO[bytes], label: str) -> IO[bytes] | ZstdStream:
-    """Undo gzip or zstd, or nothing for a plain tar."""
-    head = raw.read(4)
-    raw.seek(0)
-    if head.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=raw, mode="rb")     # type: ignore[return-value]
-    if head == _ZSTD_MAGIC:
-        return ZstdStream(raw, label)
-    return raw
+def check_digest(reader: CountingReader, label: str, diff_id: str | None) -> None:
+    if diff_id is not None and f"sha256:{reader.sha256.hexdigest()}" != diff_id:
+        raise UnpackError(f"{label}: uncompressed content does not match its diff_id "
+                          f"{diff_id}")
+
+
+def check_layer_stream(raw: IO[bytes], label: str, max_size: int,
+                       diff_id: str | None) -> None:
+    """Decompress the layer once, writing nothing: refuse it past `max_size` bytes or when
+    it does not match `diff_id`. Time is one more decompression; memory a chunk."""
+    stream = open_decompressed(raw, label)
+    reader = CountingReader(stream, max_size)
+    try:
+        reader.drain()
+    except LayerTooBig:
+        raise too_big(label, max_size) from None
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        raise UnpackError(f"{label}: not a valid tar layer: {exc}") from None
+    finally:
+        if isinstance(stream, ZstdStream):
+            stream.close()
+    check_digest(reader, label, diff_id)
 
 
 def unpack_layer(raw: IO[bytes], root: Path, label: str, max_size: int,
                  diff_id: str | None = None) -> dict[str, int]:
-    """Unpack one layer stream over `root`; return folder modes to apply when all are done."""
+    """Unpack one layer stream over `root`; return folder modes to apply when all are done.
+    Nothing is written before the whole layer has passed check_layer_stream."""
+    check_layer_stream(raw, label, max_size, diff_id)
+    raw.seek(0)
     state = LayerState(str(root), label, max_size)
     stream = open_decompressed(raw, label)
     reader = CountingReader(stream, max_size)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=reader, mode="r|",  # type: ignore[call-overload]
+                          tarinfo=BoundedTarInfo) as tf:
             for member in tf:
                 unpack_member(state, tf, member)
         reader.drain()
     except LayerTooBig:
-        raise UnpackError(f"{label}: unpacks to more than the limit of {max_size} bytes "
-                          "(see --max-layer-size)") from None
+        raise too_big(label, max_size) from None
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
         if isinstance(exc, OSError) and exc.filename:
             raise UnpackError(f"{label}: cannot write {exc.filename}: {exc.strerror}") from None
@@ -377,9 +343,7 @@ def unpack_layer(raw: IO[bytes], root: Path, label: str, max_size: int,
     finally:
         if isinstance(stream, ZstdStream):
             stream.close()
-    if diff_id is not None and f"sha256:{reader.sha256.hexdigest()}" != diff_id:
-        raise UnpackError(f"{label}: uncompressed content does not match its diff_id "
-                          f"{diff_id}")
+    check_digest(reader, label, diff_id)
     return state.dir_modes
 
 
@@ -390,5 +354,5 @@ def apply_dir_modes(modes: dict[str, int]) -> None:
         try:
             if stat.S_ISDIR(os.lstat(path).st_mode):
                 os.chmod(path, modes[path])
-        except FileNotFoundError:
-            pass    # removed by a later layer's whiteout
+        except (FileNotFoundError, NotADirectoryError):
+            pass    # removed by a later whiteout, or a parent replaced by a file

@@ -152,4 +152,6 @@ def runtime_tree_entries(destdir: Path, modules_dir: Path, release: str) -> list
 def check_tree(destdir: Path) -> None:
     if not destdir.is_dir():
         raise BuildError(f"{destdir}: not a folder (the initramfs tree being built)")
+    if destdir.resolve() == Path("/"):   # a careless --destdir would overwrite this system
+        raise BuildError(f"{destdir}: the running system's root, not an initramfs tree")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent import listfile, syscalls
-from agent.boot import loop, overlay
+from agent.boot import loop, overlay, store
 from agent.boot.activate import finish_activation, start_activation
 from agent.boot.modules import load_modules
 from agent.cli import main
@@ -68,6 +68,24 @@ def set_field(index: int, key: str, value: object, meta: bool = False) -> Callab
         (entry["metadata"] if meta else entry)[key] = value
         write_doc(env, doc)
     return spoil
+
+
+def set_fields(index: int, **fields: object) -> Callable[[Env, list[Layer]], None]:
+    def spoil(env: Env, layers: list[Layer]) -> None:
+        doc = doc_of(env)
+        doc["layers"][index].update(fields)  # type: ignore[index]
+        write_doc(env, doc)
+    return spoil
+
+
+# a hash tree that passes the field checks (the images are 4096 bytes: no room for it)
+TREE = {"root_hash": "0" * 64, "salt": "", "data_size": 4096, "hash_offset": 4096}
+
+
+def in_store(**fields: object) -> Callable[[Env, list[Layer]], None]:
+    """Layer 1 named as an image of a store, its fields spoiled by `fields`."""
+    return set_fields(1, **{"store": "0A1B-2C3D", "path": "oa/x.sqsh", "verity": TREE,
+                            **fields})
 
 
 def write_raw(data: bytes | Callable[[Env], bytes]) -> Callable[[Env, list[Layer]], None]:
@@ -301,6 +319,63 @@ LIST_CASES: dict[str, Case] = {
     "json-trailing-garbage": Case(write_raw(lambda env: (env.work / "extensions.yaml")
                                             .read_bytes() + b"}"), [],
                                   L + "not valid YAML at line 42" + NO_EXT, True),
+    # store and dm-verity fields
+    "store-not-a-uuid": Case(in_store(store="../../dev/sda"), [S, S, S],
+                             "extension 000-ext0: skipped: " + L + "layers[1]: store "
+                             "'../../dev/sda' is not a filesystem UUID", True),
+    "store-only-dashes": Case(in_store(store="----"), [S, S, S],
+                              "extension 000-ext0: skipped: " + L + "layers[1]: store '----' "
+                              "is not a filesystem UUID", True),
+    "store-uuid-5000-chars": Case(in_store(store="a" * 5000), [S, S, S],
+                                  "extension 000-ext0: skipped: " + L + "layers[1]: store '" +
+                                  "a" * 36 + "... is not a filesystem UUID", True),
+    "store-a-list": Case(in_store(store=[1]), [S, S, S],
+                         "extension 000-ext0: skipped: " + L + "layers[1]: store [1] is not a "
+                         "filesystem UUID", True),
+    "store-without-verity": Case(in_store(verity=None), [S, S, S],
+                                 "extension 000-ext0: skipped: " + L + "layers[1]: a store "
+                                 "image needs verity (its root hash is what vouches for it)",
+                                 True),
+    "store-path-dotdot": Case(in_store(path="../../etc/shadow"), [S, S, S],
+                              "extension 000-ext0: skipped: " + L + "layers[1]: store path "
+                              "'../../etc/shadow' has an empty, . or .. part", True),
+    "store-path-absolute": Case(in_store(path="/dev/zero"), [S, S, S],
+                                "extension 000-ext0: skipped: " + L + "layers[1]: store path "
+                                "'/dev/zero' is not a relative path", True),
+    "store-path-newline": Case(in_store(path="oa/x\nFAKE.sqsh"), [S, S, S],
+                               "extension 000-ext0: skipped: " + L + "layers[1]: store path "
+                               "'oa/x\\nFAKE.sqsh' holds a control character or an "
+                               "undecodable byte", True),
+    "store-path-5000-bytes": Case(in_store(path="a/" * 2500 + "x"), [S, S, S],
+                                  "extension 000-ext0: skipped: " + L + "layers[1]: store path "
+                                  "is over 4095 bytes or has a part over 255", True),
+    "verity-a-string": Case(set_fields(1, verity="on"), [S, S, S],
+                            "extension 000-ext0: skipped: " + L + "layers[1]: verity is not a "
+                            "mapping", True),
+    "verity-root-hash-not-hex": Case(set_fields(1, verity={**TREE, "root_hash": "z" * 64}),
+                                     [S, S, S], "extension 000-ext0: skipped: " + L +
+                                     "layers[1]: verity root_hash is not 64 lowercase hex "
+                                     "digits", True),
+    "verity-salt-odd": Case(set_fields(1, verity={**TREE, "salt": "abc"}), [S, S, S],
+                            "extension 000-ext0: skipped: " + L + "layers[1]: verity salt is "
+                            "not lowercase hex of at most 256 bytes", True),
+    "verity-data-size-2**80": Case(set_fields(1, verity={**TREE, "data_size": 2**80,
+                                                         "hash_offset": 2**80}), [S, S, S],
+                                   "extension 000-ext0: skipped: " + L + "layers[1]: verity "
+                                   "data_size is over the limit of 4611686018427387904 bytes",
+                                   True),
+    "verity-offset-negative": Case(set_fields(1, verity={**TREE, "hash_offset": -4096}),
+                                   [S, S, S], "extension 000-ext0: skipped: " + L + "layers[1]: "
+                                   "verity hash_offset -4096 is not a positive multiple of "
+                                   "4096", True),
+    "verity-offset-inside-data": Case(set_fields(1, verity={**TREE, "data_size": 8192}),
+                                      [S, S, S], "extension 000-ext0: skipped: " + L +
+                                      "layers[1]: verity hash_offset 4096 is inside the data "
+                                      "(8192 bytes)", True),
+    "verity-offset-past-the-end": Case(set_fields(1, verity=TREE), [S, S, S],
+                                       "extension 000-ext0: skipped: " + L + "layers[1]: "
+                                       "verity hash_offset 4096 is past the image's end (4096 "
+                                       "bytes)", True),
     # handled, not refused: a byte-order mark, odd but plain image names, a Talos list
     "utf8-bom": Case(write_raw(lambda env: b"\xef\xbb\xbf" + (env.work / "extensions.yaml")
                                .read_bytes()), [A, A, A], ""),
@@ -582,3 +657,62 @@ def test_modules_missing_or_refused_are_recorded_and_boot_goes_on(
     status = read_status(env.settings.status_path)
     assert list(status.notes) == expected
     assert [e.phase for e in status.extensions] == [A, A]
+
+
+def test_many_absent_stores_share_one_wait(env: Env, image_cache: Callable[[int], Path],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list naming 20 stores that never appear: the first 8 share one wait (STORE_WAIT in
+    all, not each), the rest are over the limit; the inline layer boots. Waiting per store
+    would take at least 8 waits."""
+    monkeypatch.setattr(store, "STORE_WAIT", 0.3)
+    env.add(image_cache, [0])
+    doc = doc_of(env)
+    entry = doc["layers"][0]  # type: ignore[index]
+    doc["layers"] = [entry] + [  # type: ignore[operator]
+        {**entry, "image": f"{i:03d}-s.sqsh", "store": f"0BAD-{i:04X}", "path": "oa/x.sqsh",
+         "verity": TREE, "size": 8192} for i in range(1, 21)]
+    write_doc(env, doc)
+    root = finish_activation(start_activation(env.settings), str(env.base), str(env.target))
+    assert root == str(env.target)
+    status = read_status(env.settings.status_path)
+    assert [e.phase for e in status.extensions] == [A] + [F] * 20
+    reasons = [e.reason for e in status.extensions[1:]]
+    assert reasons == [f"store UUID=0BAD-{i:04X}: no such filesystem appeared within 0.3 s"
+                       for i in range(1, 9)] + \
+        [f"store UUID=0BAD-{i:04X}: over the limit of 8 stores in one list"
+         for i in range(9, 21)]
+    assert status.duration_ms < 8 * 300
+    assert mounts_under(str(env.work / "s" / "store0")) == []
+
+
+CMDLINE_RULE = ("the folder must be a printable absolute path of at most 4095 bytes without "
+                "'.', '..', ',', ':' or '\\'")
+UPPER_CASES = {
+    "folder-escape": ("/dev/vdb:/a\x1b[2Jb", f"/dev/vdb:/a\x1b[2Jb: {CMDLINE_RULE}"),
+    "uuid-40": ("UUID=" + "a" * 40, "UUID=" + "a" * 40 + ": UUID is longer than 36 characters"),
+    "tmpfs-19-digits": ("tmpfs:" + "9" * 19 + "g", "tmpfs:" + "9" * 19 + "g: size must be a "
+                        "number with an optional k, m, g or % (as tmpfs's size=)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPPER_CASES))
+def test_hostile_upper_value_boots_the_bare_root_in_hook_mode(
+        env: Env, image_cache: Callable[[int], Path], name: str) -> None:
+    """Hook mode acts on its own keys only: an unusable overlay_agent.upper= is one line
+    and a status note, nothing activates, the root the initramfs mounted boots."""
+    value, why = UPPER_CASES[name]
+    env.add(image_cache, [0, 1])
+    s = env.settings
+    syscalls.mount(str(env.base), str(env.target), None, syscalls.MS_BIND)
+    (env.work / "cmdline").write_text(f"root=/dev/sda1 ro overlay_agent.upper={value}\n")
+    assert main(["boot", "--root", str(env.target), "--list", s.list_path, "--images",
+                 s.images_dir, "--status", s.status_path, "--staging", s.staging_dir,
+                 "--cmdline", str(env.work / "cmdline")]) == 0
+    line = f"kernel command line: overlay_agent.upper={why}; no extension activated"
+    assert env.lines == [line]
+    status = read_status(s.status_path)
+    assert list(status.notes) == [line] and status.upper is None
+    assert [e.phase for e in status.extensions] == []
+    assert status.root != str(env.target)       # the bare root, as every bare case here
+    assert not os.path.ismount(s.staging_dir + "/upper")
+    assert [m for m in mounts_under(str(env.work / "s")) if not m.endswith("/s/base")] == []

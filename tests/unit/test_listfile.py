@@ -124,6 +124,33 @@ AT = "/extensions.yaml: layers[0]: "
     (_with(store="0A1B-2C3D", path="oa/../x.sqsh"),
      AT + "store path 'oa/../x.sqsh' has an empty, . or .. part"),
     (_with(store="0A1B-2C3D"), AT + "store path None is not a relative path"),
+    # hostile values: bounded, printable, and nothing the device-mapper table cannot hold
+    (_with(verity={**TREE.to_dict(), "data_size": 2**70}),
+     AT + "verity data_size is over the limit of 4611686018427387904 bytes"),
+    (_with(verity={**TREE.to_dict(), "hash_offset": "9" * 100}),
+     AT + "verity hash_offset '" + "9" * 36 + "... is not a positive "
+          "multiple of 4096"),
+    (_with(verity={**TREE.to_dict(), "salt": "g" * 2}),
+     AT + "verity salt is not lowercase hex of at most 256 bytes"),
+    (_with(verity={**TREE.to_dict(), "salt": "ab" * 257}),
+     AT + "verity salt is not lowercase hex of at most 256 bytes"),
+    (_with(verity={**TREE.to_dict(), "root_hash": "0" * 63 + "\n"}),
+     AT + "verity root_hash is not 64 lowercase hex digits"),
+    (_with(size=8192), AT + "verity hash_offset 8192 is past the image's end (8192 bytes)"),
+    (_with(store="-" * 9, path="a.sqsh"), AT + "store '---------' is not a filesystem UUID"),
+    (_with(store="a" * 37, path="a.sqsh"), AT + "store '" + "a" * 37 + "' is not a filesystem UUID"),
+    (_with(store=["0A1B-2C3D"], path="a.sqsh"), AT + "store ['0A1B-2C3D'] is not a filesystem UUID"),
+    (_with(store="x" * 5000, path="a.sqsh"), AT + "store '" + "x" * 36 + "... is not a filesystem UUID"),
+    (_with(store="0A1B-2C3D", path="oa/x\n.sqsh"),
+     AT + "store path 'oa/x\\n.sqsh' holds a control character or an undecodable byte"),
+    (_with(store="0A1B-2C3D", path="oa/\u001b[2J.sqsh"),
+     AT + "store path 'oa/\\x1b[2J.sqsh' holds a control character or an undecodable byte"),
+    (_with(store="0A1B-2C3D", path="a\u0000b"),
+     AT + "store path 'a\\x00b' holds a control character or an undecodable byte"),
+    (_with(store="0A1B-2C3D", path="a/" * 2100 + "x"),
+     AT + "store path is over 4095 bytes or has a part over 255"),
+    (_with(store="0A1B-2C3D", path="x" * 256), AT + "store path is over 4095 bytes or has a part over 255"),
+    (_with(store="0A1B-2C3D", path=7), AT + "store path 7 is not a relative path"),
 ])
 def test_bad_verity_and_store_fields_give_one_clear_line(text: str, message: str) -> None:
     with pytest.raises(ListFileError) as exc:

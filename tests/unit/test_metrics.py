@@ -11,7 +11,8 @@ import pytest
 
 from agent import statusfile
 from agent.cli import main
-from agent.metrics import live_layers, overlay_lowers, render
+from agent.livecheck import with_live_phases
+from agent.metrics import render
 from agent.statusfile import read_status
 
 
@@ -53,15 +54,25 @@ overlay_agent_layer_mounted{id="001-fw",name="fw"} 0
 
 def test_render_exact(tmp_path: Path) -> None:
     status = read_status(write_status(tmp_path / "s.json", TWO))
-    assert render(status, {0: True, 1: False}) == EXPECTED
+    assert render(status) == EXPECTED
 
 
 def test_label_values_are_escaped(tmp_path: Path) -> None:
+    """Quote and backslash as the format wants; a newline, an escape sequence or an
+    undecodable byte as everywhere else (agent.escape), so the value reads `a\\nb`."""
     status = read_status(write_status(tmp_path / "s.json", [
-        ext(0, "000-x.sqsh", 'a"b\\c\nd', "1", "active")]))
-    text = render(status, {})
-    assert 'name="a\\"b\\\\c\\nd"' in text
+        ext(0, "000-x.sqsh", 'a"b\\c\nd\x1b[2J\udcff', "1", "active")]))
+    text = render(status)
+    assert 'name="a\\"b\\\\c\\\\nd\\\\x1b[2J\\\\xff"' in text
     assert all(line.startswith(("#", "overlay_agent_")) for line in text.splitlines())
+
+
+@pytest.mark.parametrize(("ms", "shown"), [(float("nan"), "NaN"), (float("inf"), "+Inf"),
+                                           (-float("inf"), "-Inf"), (1e300, "1e+297")])
+def test_special_durations_as_the_format_spells_them(tmp_path: Path, ms: float,
+                                                     shown: str) -> None:
+    status = read_status(write_status(tmp_path / "s.json", TWO, ms))
+    assert f"overlay_agent_activation_duration_seconds {shown}\n" in render(status)
 
 
 @pytest.mark.parametrize("opts,live", [
@@ -73,13 +84,30 @@ def test_live_layers_from_the_root_overlay(tmp_path: Path, opts: str, live: dict
                                            ) -> None:
     status = read_status(write_status(tmp_path / "s.json", TWO))
     parts = [part("/", "overlay", opts), part("/x", "overlay", "lowerdir=/run/oa/1:/b")]
-    assert live_layers(status, "/run/oa", overlay_lowers(parts)) == live
+    checked = with_live_phases(status, staging="/run/oa", partitions=parts)
+    assert {e.index: e.phase == "active" for e in checked.extensions} == live
+    text = render(checked)
+    assert all(f'overlay_agent_layer_mounted{{id="{e.id}",name="{e.name}"}} {int(live[e.index])}'
+               in text for e in checked.extensions)
+    if not live[0]:     # the reason says which mount left the overlay
+        assert checked.extensions[0].phase == "gone"
+        assert checked.extensions[0].reason == ("/run/oa/0 is not a layer of the overlay at / "
+                                                "any more")
 
 
 def test_a_failed_layer_is_never_live(tmp_path: Path) -> None:
     status = read_status(write_status(tmp_path / "s.json", TWO))
-    lowers = overlay_lowers([part("/", "overlay", "lowerdir=/run/oa/0:/run/oa/1:/b")])
-    assert live_layers(status, "/run/oa", lowers) == {0: True, 1: False}
+    parts = [part("/", "overlay", "lowerdir=/run/oa/0:/run/oa/1:/b")]
+    checked = with_live_phases(status, staging="/run/oa", partitions=parts)
+    assert [e.phase for e in checked.extensions] == ["active", "failed"]
+
+
+def test_no_overlay_at_root_means_nothing_is_live(tmp_path: Path) -> None:
+    status = read_status(write_status(tmp_path / "s.json", TWO))
+    checked = with_live_phases(status, staging="/run/oa",
+                               partitions=[part("/", "ext4", "rw")])
+    assert [e.phase for e in checked.extensions] == ["gone", "failed"]
+    assert 'overlay_agent_layer_mounted{id="000-hello",name="hello"} 0' in render(checked)
 
 
 def test_command_writes_the_file_atomically(tmp_path: Path) -> None:

@@ -146,7 +146,9 @@ def test_parse_upper(value: str, expected: UpperSpec, text: str) -> None:
 
 
 SIZE_RULE = "size must be a number with an optional k, m, g or % (as tmpfs's size=)"
-FOLDER_RULE = "the folder must be an absolute path without '.', '..', ',', ':' or '\\'"
+FOLDER_RULE = ("the folder must be a printable absolute path of at most 4095 bytes without "
+               "'.', '..', ',', ':' or '\\'")
+CONTROL = "holds a control character or is over 4095 bytes"
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -163,6 +165,33 @@ FOLDER_RULE = "the folder must be an absolute path without '.', '..', ',', ':' o
     ("overlay_agent.upper=/dev/vdb:/a,b", f"overlay_agent.upper=/dev/vdb:/a,b: {FOLDER_RULE}"),
     ("overlay_agent.upper=LABEL=x:/a:b", f"overlay_agent.upper=LABEL=x:/a:b: {FOLDER_RULE}"),
     ("overlay_agent.upper", "overlay_agent.upper: needs a value (tmpfs[:SIZE] or DEVICE[:/DIR])"),
+    # hostile values: each one line, nothing that reaches a syscall or the console raw
+    ("overlay_agent.upper=tmpfs:" + "9" * 19 + "g", "overlay_agent.upper=tmpfs:" + "9" * 19 +
+     f"g: {SIZE_RULE}"),
+    ('"overlay_agent.upper=/dev/vdb:/a\tb"', f"overlay_agent.upper=/dev/vdb:/a\tb: {FOLDER_RULE}"),
+    ("overlay_agent.upper=/dev/vdb:/a\x1b[2Jb",
+     f"overlay_agent.upper=/dev/vdb:/a\x1b[2Jb: {FOLDER_RULE}"),
+    ("overlay_agent.upper=/dev/vdb:/a\x00b", f"overlay_agent.upper=/dev/vdb:/a\x00b: {FOLDER_RULE}"),
+    ("overlay_agent.upper=/dev/vdb:/" + "a/" * 2100,
+     "overlay_agent.upper=/dev/vdb:/" + "a/" * 35 + f": {FOLDER_RULE}"),
+    ("overlay_agent.upper=/dev/\x1b[2J", f"overlay_agent.upper=/dev/\x1b[2J: {CONTROL}"),
+    ("overlay_agent.upper=LABEL=a\x07b:/x", f"overlay_agent.upper=LABEL=a\x07b: {CONTROL}"),
+    ("overlay_agent.upper=PARTLABEL=\x9b", f"overlay_agent.upper=PARTLABEL=\x9b: {CONTROL}"),
+    ("overlay_agent.upper=LABEL=" + "x" * 4096, "overlay_agent.upper=LABEL=" + "x" * 74 +
+     f": {CONTROL}"),
+    ("overlay_agent.upper=UUID=" + "a" * 37, "overlay_agent.upper=UUID=" + "a" * 37 +
+     ": UUID is longer than 36 characters"),
+    ("overlay_agent.upper=PARTUUID=--", "overlay_agent.upper=PARTUUID=--: PARTUUID must be "
+                                        "hexadecimal digits and dashes"),
+    ("overlay_agent.upper=/dev/disk/by-uuid/../../sda", "overlay_agent.upper=/dev/disk/by-uuid/"
+     "../../sda: UUID must be hexadecimal digits and dashes"),
+    ("overlay_agent.upper=/dev/sda/..", "overlay_agent.upper=/dev/sda/..: unknown syntax "
+                                        "(expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
+    ("overlay_agent.upper=/dev/", "overlay_agent.upper=/dev/: unknown syntax "
+                                  "(expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
+    ("overlay_agent.upper=TMPFS:1g", "overlay_agent.upper=TMPFS:1g: unknown syntax "
+                                     "(expected /dev/NAME, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"),
+    ("overlay_agent.upper=tmpfs:%", f"overlay_agent.upper=tmpfs:%: {SIZE_RULE}"),
 ])
 def test_upper_rejects(text: str, message: str) -> None:
     params = scan_cmdline(f"root=/dev/vda {text} overlay_agent.skip=a")

@@ -7,6 +7,7 @@ import io
 import os
 import stat
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,3 +171,70 @@ def gzip_of(data: bytes) -> bytes:
     import gzip
 
     return gzip.compress(data, mtime=0)
+
+
+def bytes_written() -> int:
+    """What this process has passed to write(2) so far, every thread (/proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_a_layer_past_the_limit_is_refused_before_anything_is_written(
+        arena: tuple[Path, Path], compress: str) -> None:
+    """Five members of 1 MiB under a 4 MiB limit: each alone fits, the fifth passes the
+    limit. The layer is measured before unpacking, so not even the first four are written.
+    A reaped child's writes count as ours (zstd's output into its pipe, once): unpacking
+    the four would add 4 MiB on top."""
+    staging, _ = arena
+    data = layer(*(M(f"m{i}", data=bytes(1 << 20)) for i in range(5)))
+    blob = gzip_of(data) if compress == "gzip" else zstd_of(data)
+    before = bytes_written()
+    with pytest.raises(UnpackError) as exc:
+        unpack(staging, blob, limit=4 << 20)
+    written = bytes_written() - before
+    assert str(exc.value) == ("src: layer 0: unpacks to more than the limit of 4194304 bytes "
+                              "(see --max-layer-size)")
+    assert os.listdir(staging) == []
+    tool_output = len(data) if compress == "zstd" else 0
+    assert written <= tool_output + len(blob) + 65536, written
+    unpack(staging, blob, limit=8 << 20)      # the same layer under a higher limit: written
+    assert sorted(os.listdir(staging)) == [f"m{i}" for i in range(5)]
+
+
+def test_a_wrong_diff_id_is_refused_before_anything_is_written(arena: tuple[Path, Path]) -> None:
+    staging, _ = arena
+    data = layer(M("big", data=bytes(1 << 20)))
+    before = bytes_written()
+    with pytest.raises(UnpackError, match="does not match its diff_id"):
+        unpack_layer(io.BytesIO(gzip_of(data)), staging, "src: layer 0", LIMIT,
+                     "sha256:" + "0" * 64)
+    assert os.listdir(staging) == [] and bytes_written() - before < 4096
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_an_extended_header_is_bounded_before_it_is_read(arena: tuple[Path, Path],
+                                                         kind: bytes) -> None:
+    """A 300 MiB PAX header or GNU long name (a 300 KiB gzip) would be read into memory
+    whole by tarfile: it is refused from its declared size."""
+    staging, _ = arena
+    info = tarfile.TarInfo("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "pax")
+    info.type, info.size = kind, 300 << 20
+    head = info.tobuf(tarfile.USTAR_FORMAT if kind == tarfile.XHDTYPE else tarfile.GNU_FORMAT)
+    blob = gzip_of(head + bytes(info.size) + layer(M("f")))
+    with pytest.raises(UnpackError) as exc:
+        unpack(staging, blob, limit=1 << 30)
+    assert str(exc.value) == ("src: layer 0: not a valid tar layer: an extended header of "
+                              "314572800 bytes, over the limit of 1048576")
+    assert os.listdir(staging) == []
+
+
+def test_a_folder_whose_parent_became_a_file_is_skipped_by_the_modes(
+        arena: tuple[Path, Path]) -> None:
+    """`a/a` a folder, then `a` a file (found by fuzzing): the folder is gone, its mode is
+    not applied, and no NotADirectoryError escapes."""
+    staging, _ = arena
+    unpack(staging, layer(M("a/a", "dir"), M("a")))
+    assert (staging / "a").is_file()
