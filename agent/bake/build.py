@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -189,9 +189,22 @@ def squash_layers(roots: Sequence[tuple[Path, listfile.Metadata]],
             for path, (meta, kind), tree in zip(images, metas, trees, strict=True)]
 
 
-def store_layers(layers: Sequence[BakedLayer], store: Store) -> list[BakedLayer]:
-    """Put every image into the store; the layers then name it there (caller holds the lock)."""
-    return [BakedLayer(put_image(store, b.path, b.layer), b.path) for b in layers]
+def check_store(request: BuildRequest) -> list[str]:
+    if request.store is not None and not request.verity:
+        return [f"--store {request.store.folder}: store images need verity (the root hash in "
+                "the initramfs is what vouches for them)"]
+    return []
+
+
+@contextlib.contextmanager
+def stored(request: BuildRequest, layers: list[BakedLayer]) -> Iterator[list[BakedLayer]]:
+    """With a store: under its lock, every image put into it and the layers naming it there;
+    the caller writes the initramfs inside, so gc never sees the images unreferenced."""
+    if request.store is None:
+        yield layers
+        return
+    with locked(request.store.folder):
+        yield [BakedLayer(put_image(request.store, b.path, b.layer), b.path) for b in layers]
 
 
 def archive_entries(layers: Sequence[BakedLayer], firmware: Sequence[cpio.Entry],
@@ -291,9 +304,7 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
     sources, problems = gather_sources(request)
     blob, members, found = read_input(request.initramfs)
     problems += found + check_output(request.output)
-    if request.store is not None and not request.verity:
-        problems.append(f"--store {request.store.folder}: store images need verity (the "
-                        "root hash in the initramfs is what vouches for them)")
+    problems += check_store(request)
     if request.max_size is not None and len(blob) > request.max_size:
         problems.append(f"{request.initramfs}: already {len(blob)} bytes, over --max-size "
                         f"{request.max_size} before any extension")
@@ -310,10 +321,7 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
         layers, exts = bake_layers(sources, problems, request, work, progress, plan_microcode)
         rootfs = [e.root / "rootfs" for e in exts]
         dest = resolve_in_tree(members, "lib/firmware")
-        # the store lock spans images and initramfs: gc never sees the images unreferenced
-        with locked(request.store.folder) if request.store else contextlib.nullcontext():
-            if request.store is not None:
-                layers = store_layers(layers, request.store)
+        with stored(request, layers) as layers:
             archive = write_archive(archive_entries(
                 layers, firmware_entries(rootfs, dest), request.epoch), work,
                 request.compression)
@@ -331,16 +339,19 @@ def bake_into_tree(request: BuildRequest, destdir: Path,
                    progress: Progress | None = None) -> tuple[listfile.Layer, ...]:
     """The initramfs hooks' bake: the same images, list file and firmware as bake_initramfs,
     written into the tree of an initramfs being built (initramfs-tools ${DESTDIR}, dracut
-    ${initdir}). An empty list is written too: the boot then records no extensions.
+    ${initdir}). An empty list is written too: the boot then records no extensions. With a
+    store, the images go there and only the list into the tree.
     `request.initramfs` and `request.output` are not used."""
     from agent.initramfs.tree import install_entries, resolve_dir
 
     sources, problems = gather_sources(request, allow_empty=True)
+    problems += check_store(request) if sources else []
     with work_folder() as work:
         layers, exts = bake_layers(sources, problems, request, work, progress) \
             if sources or problems else ([], [])
         rootfs = [e.root / "rootfs" for e in exts]
         dest = resolve_dir(destdir, "lib/firmware")
-        install_entries(archive_entries(layers, firmware_entries(rootfs, dest), request.epoch),
-                        destdir)
+        with stored(request, layers) as layers:
+            install_entries(archive_entries(layers, firmware_entries(rootfs, dest),
+                                            request.epoch), destdir)
     return tuple(b.layer for b in layers)

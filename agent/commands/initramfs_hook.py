@@ -3,9 +3,12 @@ while a distribution's initramfs is being built.
 
 Into the tree being built (initramfs-tools `${DESTDIR}`, dracut `${initdir}`) it writes the
 Python runtime hook mode needs (its own import and ELF closure, not whole folders), the
-launcher /usr/bin/overlay-agent, the load list of the loop/squashfs/overlay modules the
-calling tool has copied, and the extensions of the machine config, baked as `build` bakes
-them. Registry images are cached by digest, so a later rebuild works without the registry.
+launcher /usr/bin/overlay-agent, the load list of the loop/squashfs/overlay (and dm-verity)
+modules the calling tool has copied, and the extensions of the machine config, baked as
+`build` bakes them. With a store setting (/etc/overlay-agent/store.conf, STORE=DIR), the
+images go into that folder by content name, as `build --store` puts them, and only the
+list into the tree. Registry images are cached by digest, so a later rebuild works without
+the registry.
 Any problem is one line and a non-zero exit: the calling tool then keeps the old initramfs.
 """
 
@@ -22,6 +25,7 @@ from agent.errors import UsageError
 
 CONFIG = "/etc/overlay-agent/machine.yaml"
 CACHE = "/var/cache/overlay-agent"
+STORE_SETTING = "/etc/overlay-agent/store.conf"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +41,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", type=Path, default=Path(CONFIG), metavar="FILE",
                    help=f"Talos machine config listing the extensions (default {CONFIG}; "
                         "missing: no extensions)")
+    p.add_argument("--store-config", type=Path, default=Path(STORE_SETTING), metavar="FILE",
+                   help=f"store setting: STORE=DIR [STORE_UUID=...] [STORE_PATH=...] (default "
+                        f"{STORE_SETTING}; missing, or STORE empty: images in the initramfs)")
     p.add_argument("--cache", type=Path, default=Path(CACHE), metavar="DIR",
                    help=f"registry images by digest (default {CACHE})")
     p.add_argument("--modules-dir", type=Path, metavar="DIR",
@@ -49,6 +56,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.bake.build import BuildRequest, bake_into_tree
+    from agent.bake.store import setting_store
+    from agent.escape import escape
     from agent.initramfs.tree import check_tree, install_entries, runtime_tree_entries
     from agent.output import source_date_epoch
 
@@ -57,19 +66,25 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--kernel-release {args.kernel_release!r}: not a kernel release")
     modules_dir = args.modules_dir or Path("/lib/modules", args.kernel_release)
     config = args.config if args.config.exists() else None
+    store = setting_store(args.store_config)
+    # hash trees when cryptsetup-bin (recommended) is there; the boot checks sha256 else
+    verity = shutil.which("veritysetup") is not None
+    if store is not None and not verity:
+        raise UsageError(f"{args.store_config}: a store needs dm-verity hash trees: install "
+                         "cryptsetup-bin (veritysetup)")
     request = BuildRequest(
         initramfs=args.destdir, output=args.destdir, config=config, base_root=args.base_root,
         kernel_release=args.kernel_release, epoch=source_date_epoch(),
         fetch=dataclasses.replace(fetch_options(args), cache=args.cache),
-        # hash trees when cryptsetup-bin (recommended) is there; the boot checks sha256 else
-        verity=shutil.which("veritysetup") is not None)
+        verity=verity, store=store)
     # the runtime first: on a tree without them yet, it makes the merged-/usr links
     # (lib -> usr/lib) that the extensions' firmware then goes through
     added = install_entries(runtime_tree_entries(args.destdir, modules_dir,
-                                                 args.kernel_release), args.destdir)
+                                                 args.kernel_release, verity), args.destdir)
     layers = bake_into_tree(request, args.destdir)
     names = ", ".join(f"{layer.metadata.name} {layer.metadata.version}" for layer in layers)
+    where = f" in the store {escape(str(store.folder))}" if store and layers else ""
     print(f"overlay-agent: initramfs for {args.kernel_release}: agent runtime "
-          f"{added.bytes} bytes; {len(layers)} extension(s){': ' + names if names else ''}",
-          file=sys.stderr)
+          f"{added.bytes} bytes; {len(layers)} extension(s){where}"
+          f"{': ' + escape(names) if names else ''}", file=sys.stderr)
     return 0
