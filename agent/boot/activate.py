@@ -378,7 +378,7 @@ def finish_activation(run: Activation, base_root: str, target: str) -> str:
     root, api = base_root, statusfile.API_NONE
     try:
         from agent import syscalls  # noqa: F401 - libffi loads here, while the checks run
-        open_store_layers(run.cands, run.settings.staging_dir)
+        open_store_layers(run.cands, run.settings.staging_dir, base_root)
         mount_layers(run)
         root, api = stack_layers(run, base_root, target)
     finally:
