@@ -100,12 +100,23 @@ def tree_key(folder: Path) -> str:
 
 
 def in_chroot(tree: Path, script: str, *, check: bool = True, network: bool = False,
-              timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+              timeout: float = 1800, scratch: Path | None = None, var: Path | None = None,
+              ) -> subprocess.CompletedProcess[str]:
     """Run `script` with sh in the chroot, /proc /sys /dev mounted in a private mount
     namespace that ends with the command (nothing can be left mounted); with `network`,
-    the host's resolv.conf is bound over the root's for apt."""
-    setup = (f'set -e; r="{tree}"; mount -t proc proc "$r/proc"; mount -t sysfs sys "$r/sys"; '
-             'mount --rbind /dev "$r/dev"; ')
+    the host's resolv.conf is bound over the root's for apt. With `scratch`, the chroot is
+    an overlay on the tree (and on `var` at /var: a prepared root's, moved out) whose changes
+    land in scratch/upper and scratch/var-upper: the tree stays as it was."""
+    setup = f'set -e; r="{tree}"; '
+    if scratch is not None:
+        setup += (f's="{scratch}"; mkdir -p "$s/upper" "$s/work" "$s/merged"; mount -t overlay '
+                  'oa-scratch -o "lowerdir=$r,upperdir=$s/upper,workdir=$s/work" "$s/merged"; '
+                  'r="$s/merged"; ')
+        if var is not None:
+            setup += (f'mkdir -p "$s/var-upper" "$s/var-work"; mount -t overlay oa-scratch -o '
+                      f'"lowerdir={var},upperdir=$s/var-upper,workdir=$s/var-work" "$r/var"; ')
+    setup += ('mount -t proc proc "$r/proc"; mount -t sysfs sys "$r/sys"; '
+              'mount --rbind /dev "$r/dev"; ')
     if network:
         setup += ('[ -e "$r/etc/resolv.conf" ] || : > "$r/etc/resolv.conf"; '
                   'mount --bind /etc/resolv.conf "$r/etc/resolv.conf"; ')
@@ -271,10 +282,10 @@ def prepare(scenario: Scenario, deb: Path, cache: Path = CACHE) -> Prepared:
 
 
 def boot_debian(prepared: Prepared, release: str, append: str, log: Path, *,
-                initrd: Path | None = None, token: str = "",
+                initrd: Path | None = None, token: str = "", root_disk: Path | None = None,
                 timeout: float = BOOT_TIMEOUT) -> BootResult:
-    """Boot the root's own kernel and initramfs: the root disk read-only, a fresh copy of
-    the /var disk writable."""
+    """Boot the root's own kernel and initramfs (or `initrd`): the root disk (or
+    `root_disk`) read-only, a fresh copy of the /var disk writable."""
     log.parent.mkdir(parents=True, exist_ok=True)
     var = log.with_suffix(".var.ext4")
     run(["cp", "--sparse=always", "--reflink=auto", prepared.var_disk, var])
@@ -286,7 +297,7 @@ def boot_debian(prepared: Prepared, release: str, append: str, log: Path, *,
             "-kernel", str(prepared.vmlinuz(release)),
             "-initrd", str(initrd or prepared.initrd(release)), "-append", cmdline,
             "-serial", f"file:{log}", "-monitor", "none",
-            "-drive", f"file={prepared.root_disk},format=raw,if=virtio,readonly=on",
+            "-drive", f"file={root_disk or prepared.root_disk},format=raw,if=virtio,readonly=on",
             "-drive", f"file={var},format=raw,if=virtio"]
     log.write_bytes(b"")
     try:
