@@ -114,6 +114,8 @@ def read_setting(path: Path) -> dict[str, str]:
         if values.get("STORE_UUID") or values.get("STORE_PATH"):
             raise UsageError(f"{path}: STORE_UUID and STORE_PATH need STORE=DIR")
         return {}
+    if not values["STORE"].startswith("/"):    # the hooks run from whatever folder
+        raise UsageError(f"{path}: STORE={values['STORE']!r}: not an absolute path")
     return values
 
 

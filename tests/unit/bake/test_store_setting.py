@@ -37,6 +37,7 @@ def test_a_missing_file_is_no_store(tmp_path: Path) -> None:
      "{p}:3: STORE set twice"),
     ("STORE=\nSTORE_UUID=0BAD-CAFE\n", "{p}: STORE_UUID and STORE_PATH need STORE=DIR"),
     ("STORE=/nonexistent/oa\n", "{p}: --store /nonexistent/oa: not a folder"),
+    ("STORE=var/oa\n", "{p}: STORE='var/oa': not an absolute path"),
 ])
 def test_problems_are_one_line_naming_the_file(tmp_path: Path, text: str,
                                                message: str) -> None:
