@@ -6,8 +6,13 @@ checks side by side: verity (dm-verity table per layer, no read), sha256 (the wh
 hashed), none (a Talos-written list). Images are built as `build` builds them (squashfs,
 then veritysetup's tree); the same images serve the three lists.
 
+After the runs, one activation per check with each step of a layer timed (loop, the three
+device-mapper ioctls, the squashfs mount): where verity's added cost goes.
+
 Store: initramfs bytes `build --store` adds per extension, and the guest's memory held after
-boot by 10 extensions of 10 MiB baked into the initramfs versus kept in a store on a disk.
+boot by 10 extensions of 10 MiB baked into the initramfs versus kept in a store on a disk,
+with its kernel part; then, in one guest, the kernel memory 10 mounted layers hold per
+squashfs compression and block size, beside what each packs a real tree to.
 """
 
 from __future__ import annotations
@@ -83,6 +88,45 @@ def clean(n):
                     break
                 time.sleep(0.01)
 
+def profile(group):
+    # one activation per mode, one mount thread, each step of a layer timed: where
+    # verity's added cost goes
+    from agent.boot import activate, loop, verity
+    steps = {}
+    saved = []
+    def timed(mod, name, key, only=None):
+        f = getattr(mod, name)
+        saved.append((mod, name, f))
+        def g(*a, **k):
+            t = time.monotonic()
+            try:
+                return f(*a, **k)
+            finally:
+                if only is None or only in a:
+                    steps[key] = steps.get(key, 0.0) + time.monotonic() - t
+        setattr(mod, name, g)
+    timed(loop, "attach_readonly", "loop")
+    for name in ("dm_create", "dm_load_table", "dm_resume"):
+        timed(syscalls, name, name)
+    timed(verity, "open_verity", "verity")
+    timed(syscalls, "mount", "squashfs", "squashfs")
+    timed(activate, "mount_layer", "layer")
+    threads, activate.MOUNT_THREADS = activate.MOUNT_THREADS, 1
+    n = max(c["n"] for c in group["configs"])
+    for cfg in group["configs"]:
+        if cfg["n"] != n or cfg["mode"] == "sha256":
+            continue
+        copy(disk + "/" + cfg["list"], W + "/extensions.yaml")
+        steps.clear()
+        got = activate_extensions(W + "/base", W + "/root", settings)
+        for key, secs in sorted(steps.items()):
+            print("STEP %s %s %s %d %.1f" % (token, cfg["mode"], key, n, secs * 1000), flush=True)
+        if got == W + "/root":
+            clean(n)
+    activate.MOUNT_THREADS = threads
+    for mod, name, f in saved:
+        setattr(mod, name, f)
+
 for group in plan:
     syscalls.mount("img", W + "/images", "tmpfs", 0, "mode=0755,size=1400m")
     for name in group["images"]:
@@ -103,7 +147,63 @@ for group in plan:
                   flush=True)
             if got == W + "/root":
                 clean(cfg["n"])
+    if group["size"] == min(g["size"] for g in plan):
+        profile(group)
     syscalls.umount2(W + "/images")
+"""
+
+LAYERS_PY = r"""
+import json, os, sys, time
+sys.path.insert(0, "/usr/lib/overlay-agent")
+from agent import syscalls
+from agent.boot.activate import ActivationSettings, activate_extensions
+from agent.statusfile import read_status
+disk, token = sys.argv[1], sys.argv[2]
+W = "/run/bench"
+for d in ("base", "root"):
+    os.makedirs(W + "/" + d, exist_ok=True)
+syscalls.mount("base", W + "/base", "tmpfs", syscalls.MS_RDONLY, "mode=0755")
+KEYS = ("SUnreclaim", "VmallocUsed", "KernelStack", "PageTables", "Percpu")
+
+def kernel_kb():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+    time.sleep(1)
+    m = {}
+    for line in open("/proc/meminfo"):
+        k, v = line.split(":")
+        m[k] = int(v.split()[0])
+    return sum(m[k] for k in KEYS)
+
+for s in json.load(open(disk + "/layers.json")):
+    settings = ActivationSettings(list_path=disk + "/" + s["list"],
+                                  images_dir=disk + "/" + s["dir"],
+                                  status_path=W + "/status.json", staging_dir=W + "/s")
+    before = kernel_kb()
+    got = activate_extensions(W + "/base", W + "/root", settings)
+    st = read_status(W + "/status.json")
+    ok = got == W + "/root" and all(e.phase == "active" and e.check == "verity"
+                                    for e in st.extensions)
+    for name in os.listdir(W + "/root/usr/local/share"):   # every byte read once
+        with open(W + "/root/usr/local/share/" + name, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    after = kernel_kb()
+    print("LAYERS %s %s %d %s" % (token, s["name"], after - before, "ok" if ok else "FAILED"),
+          flush=True)
+    if got == W + "/root":
+        syscalls.umount2(W + "/root")
+        for i in range(len(st.extensions)):
+            for _ in range(50):
+                try:
+                    syscalls.dm_remove("oa-layer-%03d" % i)
+                    break
+                except OSError as exc:
+                    if exc.errno in (2, 6):
+                        break
+                    time.sleep(0.01)
+    time.sleep(1)
 """
 
 GUEST_INIT = f"""
@@ -118,7 +218,16 @@ EOF
   ;;
 mem)
   sync; echo 3 > /proc/sys/vm/drop_caches
-  grep -E '^(MemTotal|MemFree|MemAvailable|Shmem|Cached):' /proc/meminfo | sed "s/^/MEM $token /"
+  grep -E '^(MemTotal|MemFree|MemAvailable|Shmem|Cached|SUnreclaim|VmallocUsed|KernelStack):' \\
+    /proc/meminfo | sed "s/^/MEM $token /"
+  awk '{{s += $2}} END {{print "MEM '"$token"' Modules: " int(s / 1024) " kB"}}' /proc/modules
+  ;;
+layers)
+  mkdir -p /run/d && mount -o ro /dev/vda /run/d
+  cat > /tmp/layers.py <<'EOF'
+{LAYERS_PY}
+EOF
+  python3 -IS /tmp/layers.py /run/d "$token" 2>&1 | tail -n 100
   ;;
 esac
 """
@@ -230,6 +339,23 @@ def activation_rows(output: str, token: str) -> list[str]:
     return rows
 
 
+STEPS = (("loop", "loop device (LOOP_CONFIGURE)"), ("dm_create", "DM_DEV_CREATE"),
+         ("dm_load_table", "DM_TABLE_LOAD (the verity table)"),
+         ("dm_resume", "DM_DEV_SUSPEND (resume)"),
+         ("verity", "dm-verity step in all (the three ioctls, /dev/dm-N)"),
+         ("squashfs", "squashfs mount (its first reads)"), ("layer", "one layer in all"))
+
+
+def step_rows(output: str, token: str) -> list[str]:
+    """Per-layer time of each step, one mount thread, N = 100 of the smaller images."""
+    found = {(mode, key): float(ms) / int(n) for mode, key, n, ms in re.findall(
+        rf"^STEP {token} (\S+) (\S+) (\d+) ([\d.]+)$", output, re.M)}
+    if not found:
+        raise RuntimeError("bench activation: no step times")
+    return [f"| {label} | {found.get(('none', key), 0):.2f} | {found.get(('verity', key), 0):.2f} |"
+            for key, label in STEPS]
+
+
 def store_bytes(work: Path, kernel_initrd: Path) -> list[str]:
     """Initramfs bytes added by `build --store`, per extension, for 1 and 10 MiB images."""
     rows = []
@@ -286,7 +412,7 @@ def memory_rows(work: Path, logs: Path, kernel_path: Path, agent_initrd: Path,
          disk, "256M"], capture=True)
     bare_out, bare_token = guest_boot(kernel_path, agent_initrd, "mem", logs / "none", disk,
                                       512)
-    used = {}
+    used, kernel, mods = {}, {}, {}
     for name, initrd, with_disk in (("none", agent_initrd, None),
                                     ("initramfs", baked, None), ("store", listed, disk)):
         out, token = (bare_out, bare_token) if name == "none" else guest_boot(
@@ -296,14 +422,86 @@ def memory_rows(work: Path, logs: Path, kernel_path: Path, agent_initrd: Path,
         if "MemAvailable" not in mem:
             raise RuntimeError(f"bench memory boot {name}: no figures: {out[-2000:]}")
         used[name] = (mem["MemTotal"] - mem["MemAvailable"]) / 1024
+        kernel[name] = (mem["SUnreclaim"] + mem["VmallocUsed"] + mem["KernelStack"]) / 1024
+        mods[name] = mem["Modules"] / 1024
     rows = []
     for name in ("initramfs", "store"):
         extra = used[name] - used["none"]
         goal = "about 100 MiB (expected)" if name == "initramfs" else \
             ("<= 1 MiB: met" if extra <= 1 else "<= 1 MiB: MISSED")
-        rows.append(f"| {name} | {used[name]:.1f} | {extra:.1f} | {goal} |")
-    rows.append(f"| no extensions | {used['none']:.1f} | - | baseline |")
+        rows.append(f"| {name} | {used[name]:.1f} | {extra:.1f} | "
+                    f"{kernel[name] - kernel['none']:.1f} | {mods[name] - mods['none']:.1f} | "
+                    f"{goal} |")
+    rows.append(f"| no extensions | {used['none']:.1f} | - | - | - | baseline |")
     return rows
+
+
+LAYER_VARIANTS = (("zstd", 128), ("zstd", 32), ("xz", 128), ("xz", 32))
+
+
+def variant_image(folder: Path, comp: str, block_k: int, i: int) -> listfile.Layer:
+    """A 10 MiB image of random bytes squashed with `comp` and `block_k` KiB blocks, with
+    its hash tree (cached)."""
+    image = folder / f"{i:03d}-v{i}.sqsh"
+    facts = image.with_suffix(".verity.json")
+    if not facts.exists():
+        src = folder / f"src{i}"
+        shutil.rmtree(src, ignore_errors=True)
+        (src / "usr/local/share").mkdir(parents=True)
+        (src / "usr/local/share" / f"v-{i}").write_bytes(
+            random.Random(f"mem-{i}").randbytes(10 << 20))
+        run_tool(["mksquashfs", src, image, "-noappend", "-all-root", "-no-xattrs", "-comp", comp,
+                  "-b", f"{block_k}K", "-mkfs-time", "1700000000", "-all-time", "1700000000",
+                  "-quiet", "-no-progress"], capture=True)
+        shutil.rmtree(src)
+        facts.write_text(json.dumps(append_hash_tree(image).to_dict()))
+    tree = listfile.Verity.from_dict(json.loads(facts.read_text()), str(facts))
+    return describe_layer(image, listfile.Metadata(f"v{i}", "1.0"), listfile.KIND_EXTENSION,
+                          tree)
+
+
+def packed_size(tree: Path, comp: str, block_k: int, work: Path) -> int:
+    out = work / "packed.sqsh"
+    run_tool(["mksquashfs", tree, out, "-noappend", "-all-root", "-no-xattrs", "-comp", comp,
+              "-b", f"{block_k}K", "-quiet", "-no-progress"], capture=True)
+    size = out.stat().st_size
+    out.unlink()
+    return size
+
+
+def layer_rows(work: Path, logs: Path, kernel_path: Path, agent_initrd: Path) -> list[str]:
+    """Kernel memory (SUnreclaim + VmallocUsed + KernelStack + PageTables + Percpu) held by
+    10 mounted verity layers of 10 MiB, per compression and squashfs block size, measured in
+    one guest (the first set twice: the first run warms the caches); and what each packs
+    this machine's Python standard library to (the compression trade-off)."""
+    tree = work / "layers"
+    sets = []
+    for comp, block in (LAYER_VARIANTS[0], *LAYER_VARIANTS):
+        name = f"{comp}-{block}"
+        folder = CACHE / f"layers-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        layers = [variant_image(folder, comp, block, i) for i in range(MEM_EXTS)]
+        if not (tree / name).exists():
+            (tree / name).mkdir(parents=True)
+            for layer in layers:
+                os.link(folder / layer.image, tree / name / layer.image)
+            (tree / f"{name}.json").write_text(list_for(layers, "verity"))
+        sets.append({"name": name, "dir": name, "list": f"{name}.json"})
+    (tree / "layers.json").write_text(json.dumps(sets))
+    disk = work / "layers.ext4"
+    run_tool(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-d", tree, disk, "600M"],
+             capture=True)
+    out, token = guest_boot(kernel_path, agent_initrd, "layers", logs, disk, 512)
+    found = re.findall(rf"^LAYERS {token} (\S+) (-?\d+) (\S+)$", out, re.M)
+    if len(found) != len(sets) or any(ok != "ok" for _, _, ok in found):
+        raise RuntimeError(f"bench layers boot: {found}: {out[-2000:]}")
+    held = {name: int(kb) for name, kb, _ in found[1:]}
+    stdlib = Path(os.__file__).parent
+    sizes = {f"{c}-{b}": packed_size(stdlib, c, b, work) for c, b in LAYER_VARIANTS}
+    base = sizes["zstd-128"]
+    return [f"| {c} | {b} KiB | {held[f'{c}-{b}'] / 1024:.1f} | "
+            f"{held[f'{c}-{b}'] / MEM_EXTS:.0f} | {sizes[f'{c}-{b}'] / 2**20:.1f} "
+            f"({sizes[f'{c}-{b}'] / base - 1:+.0%}) |" for c, b in LAYER_VARIANTS]
 
 
 def run_bench(out: Path, kernels: Path) -> None:
@@ -319,25 +517,36 @@ def run_bench(out: Path, kernels: Path) -> None:
         output, token = guest_boot(kernel.vmlinuz, agent_initrd, "activate", logs, disk,
                                    MEMORY_MB)
         act = activation_rows(output, token)
+        steps = step_rows(output, token)
         plain = initramfs(kernel, None)
         stored = store_bytes(work, plain)
         mem = memory_rows(work, logs, kernel.vmlinuz, agent_initrd, root)
-    out.write_text(render(kernel.release, act, stored, mem))
+        held = layer_rows(work, logs, kernel.vmlinuz, agent_initrd)
+    out.write_text(render(kernel.release, act, steps, stored, mem, held))
 
 
-def render(release: str, act: list[str], stored: list[str], mem: list[str]) -> str:
+def render(release: str, act: list[str], steps: list[str], stored: list[str],
+           mem: list[str], held: list[str]) -> str:
     return f"""## dm-verity and the image store (bench/bench_verity.py)
 
 QEMU TCG, -smp 1, Debian 12's stock kernel ({release}); one boot runs every activation
 below in the guest, {RUNS} runs each, interleaved; best run (median in brackets). Times are
-the activation alone (the status file's duration), images in a tmpfs as in the initramfs. verity: a dm-verity table
-per layer and no read of the image; sha256: the whole image hashed; none: a Talos-written
-list. Goals: verity's added cost per layer <= 0.5x a layer without check; verity alike for
-1 and 10 MiB images (within 10%); at 10 MiB, verity <= 0.3x sha256.
+the activation alone (the status file's duration), images in a tmpfs as in the initramfs.
+verity: a dm-verity table per layer and no read of the image; sha256: the whole image
+hashed; none: a Talos-written list. Goals: verity's added cost per layer <= 0.5x a layer
+without check; verity alike for 1 and 10 MiB images (within 10%); at 10 MiB, verity <= 0.3x
+sha256.
 
 | image | N | verity ms | sha256 ms | none ms | none per layer ms | verity added per layer ms (x none) | verity / sha256 | check seen |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(act)}
+
+Where a layer's time goes (same boot, after the runs above: one activation of N = 100
+images of {min(SIZES_MIB)} MiB per check, one mount thread, each step timed around its call):
+
+| step | none ms per layer | verity ms per layer |
+| --- | --- | --- |
+{chr(10).join(steps)}
 
 Initramfs bytes `build --store` adds (the list only; images in the store), this machine:
 
@@ -347,16 +556,21 @@ Initramfs bytes `build --store` adds (the list only; images in the store), this 
 
 Guest memory held after boot (MemTotal - MemAvailable after dropping caches, 512 MiB guest),
 {MEM_EXTS} extensions of 10 MiB (random bytes), baked into the initramfs vs kept in a store
-on a second disk:
+on a second disk; kernel = SUnreclaim + VmallocUsed + KernelStack; every boot loads the same
+modules (the initramfs's list), the module column says so:
 
-| where | used MiB | over no extensions MiB | goal |
-| --- | --- | --- | --- |
+| where | used MiB | over no extensions MiB | kernel over no extensions MiB | modules over no extensions MiB | goal |
+| --- | --- | --- | --- | --- | --- |
 {chr(10).join(mem)}
 
-The initramfs keeps the images' bytes in RAM for the whole uptime (the loop devices hold its
-files); the store keeps none of them: what it adds over the bare system is the kernel's
-state of ten mounted layers (squashfs caches and decompressor, loop and dm-verity devices,
-about 1 MiB a layer), which the initramfs figure holds too.
+Kernel memory held by {MEM_EXTS} mounted verity layers of 10 MiB (SUnreclaim + VmallocUsed +
+KernelStack + PageTables + Percpu after activation minus before, caches dropped, one guest)
+by squashfs compression and block size, and the size this machine's Python standard library
+packs to with each (the compression trade-off):
+
+| compression | block | MiB for {MEM_EXTS} layers | KiB per layer | stdlib packed MiB (vs zstd 128 KiB) |
+| --- | --- | --- | --- | --- |
+{chr(10).join(held)}
 """
 
 

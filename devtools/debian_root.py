@@ -114,12 +114,23 @@ def tree_key(folder: Path) -> str:
 
 
 def in_chroot(tree: Path, script: str, *, check: bool = True, network: bool = False,
-              timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+              timeout: float = 1800, scratch: Path | None = None, var: Path | None = None,
+              ) -> subprocess.CompletedProcess[str]:
     """Run `script` with sh in the chroot, /proc /sys /dev mounted in a private mount
     namespace that ends with the command (nothing can be left mounted); with `network`,
-    the host's resolv.conf is bound over the root's for apt."""
-    setup = (f'set -e; r="{tree}"; mount -t proc proc "$r/proc"; mount -t sysfs sys "$r/sys"; '
-             'mount --rbind /dev "$r/dev"; ')
+    the host's resolv.conf is bound over the root's for apt. With `scratch`, the chroot is
+    an overlay on the tree (and on `var` at /var: a prepared root's, moved out) whose changes
+    land in scratch/upper and scratch/var-upper: the tree stays as it was."""
+    setup = f'set -e; r="{tree}"; '
+    if scratch is not None:
+        setup += (f's="{scratch}"; mkdir -p "$s/upper" "$s/work" "$s/merged"; mount -t overlay '
+                  'oa-scratch -o "lowerdir=$r,upperdir=$s/upper,workdir=$s/work" "$s/merged"; '
+                  'r="$s/merged"; ')
+        if var is not None:
+            setup += (f'mkdir -p "$s/var-upper" "$s/var-work"; mount -t overlay oa-scratch -o '
+                      f'"lowerdir={var},upperdir=$s/var-upper,workdir=$s/var-work" "$r/var"; ')
+    setup += ('mount -t proc proc "$r/proc"; mount -t sysfs sys "$r/sys"; '
+              'mount --rbind /dev "$r/dev"; ')
     if network:
         setup += ('[ -e "$r/etc/resolv.conf" ] || : > "$r/etc/resolv.conf"; '
                   'mount --bind /etc/resolv.conf "$r/etc/resolv.conf"; ')
@@ -307,18 +318,18 @@ def build_deb() -> Path:
 
 def boot_debian(prepared: Prepared, release: str, append: str, log: Path, *,
                 initrd: Path | None = None, token: str = "", upper_disk: bool = False,
-                timeout: float = BOOT_TIMEOUT) -> BootResult:
-    """Boot the root's own kernel and initramfs with the root disk writable as an
-    installed system's is (writes go to a scratch snapshot; the image stays as it was), a
-    fresh copy of the /var disk, and with `upper_disk` a blank ext4 third disk labelled
-    UPPER_LABEL."""
+                root_disk: Path | None = None, timeout: float = BOOT_TIMEOUT) -> BootResult:
+    """Boot the root's own kernel and initramfs (or `initrd`) with the root disk (or
+    `root_disk`) writable as an installed system's is (writes go to a scratch snapshot; the
+    image stays as it was), a fresh copy of the /var disk, and with `upper_disk` a blank
+    ext4 third disk labelled UPPER_LABEL."""
     log.parent.mkdir(parents=True, exist_ok=True)
     scratch = log.with_suffix(".scratch")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     var = scratch / "var.ext4"
     run(["cp", "--sparse=always", "--reflink=auto", prepared.var_disk, var])
-    disks = [f"file={prepared.root_disk},format=raw,if=virtio,snapshot=on",
+    disks = [f"file={root_disk or prepared.root_disk},format=raw,if=virtio,snapshot=on",
              f"file={var},format=raw,if=virtio"]
     if upper_disk:
         make_disk(None, scratch / "upper.ext4", UPPER_LABEL)
@@ -360,14 +371,15 @@ class GuestReport:
 
 def run_checks(prepared: Prepared, name: str, append: str = "", *,
                release: str | None = None, initrd: Path | None = None,
-               upper_disk: bool = False) -> GuestReport:
+               upper_disk: bool = False, root_disk: Path | None = None) -> GuestReport:
     """Boot `prepared` (its main kernel unless `release`) with `append` on the command
     line; the console goes to LOGS/<label>-<name>.log. RuntimeError, with the console's
     end, when the guest did not get through its checks."""
     token = secrets.token_hex(6)
     log = LOGS / f"{prepared.scenario.label}-{name}.log"
     result = boot_debian(prepared, release or prepared.main_release, append, log,
-                         initrd=initrd, token=token, upper_disk=upper_disk)
+                         initrd=initrd, token=token, upper_disk=upper_disk,
+                         root_disk=root_disk)
     report = GuestReport(result, token, log)
     if result.timed_out or not report.lines("DONE"):
         why = "timed out" if result.timed_out else "ended before its checks were done"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -209,9 +209,22 @@ def squash_layers(roots: Sequence[tuple[Path, listfile.Metadata]],
             for path, (meta, kind), tree in zip(images, metas, trees, strict=True)]
 
 
-def store_layers(layers: Sequence[BakedLayer], store: Store) -> list[BakedLayer]:
-    """Put every image into the store; the layers then name it there (caller holds the lock)."""
-    return [BakedLayer(put_image(store, b.path, b.layer), b.path) for b in layers]
+def check_store(request: BuildRequest) -> list[str]:
+    if request.store is not None and not request.verity:
+        return [f"--store {request.store.folder}: store images need verity (the root hash in "
+                "the initramfs is what vouches for them)"]
+    return []
+
+
+@contextlib.contextmanager
+def stored(request: BuildRequest, layers: list[BakedLayer]) -> Iterator[list[BakedLayer]]:
+    """With a store: under its lock, every image put into it and the layers naming it there;
+    the caller writes the initramfs inside, so gc never sees the images unreferenced."""
+    if request.store is None:
+        yield layers
+        return
+    with locked(request.store.folder):
+        yield [BakedLayer(put_image(request.store, b.path, b.layer), b.path) for b in layers]
 
 
 def archive_entries(layers: Sequence[BakedLayer], firmware: Sequence[cpio.Entry],
@@ -311,9 +324,7 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
     sources, problems = gather_sources(request)
     blob, members, found = read_input(request.initramfs)
     problems += found + check_output(request.output)
-    if request.store is not None and not request.verity:
-        problems.append(f"--store {request.store.folder}: store images need verity (the "
-                        "root hash in the initramfs is what vouches for them)")
+    problems += check_store(request)
     if request.max_size is not None and len(blob) > request.max_size:
         problems.append(f"{request.initramfs}: already {len(blob)} bytes, over --max-size "
                         f"{request.max_size} before any extension")
@@ -322,10 +333,7 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
         layers, exts = bake_layers(sources, problems, request, work, progress, early)
         rootfs = [e.root / "rootfs" for e in exts]
         dest = resolve_in_tree(members, "lib/firmware")
-        # the store lock spans images and initramfs: gc never sees the images unreferenced
-        with locked(request.store.folder) if request.store else contextlib.nullcontext():
-            if request.store is not None:
-                layers = store_layers(layers, request.store)
+        with stored(request, layers) as layers:
             archive = write_archive(archive_entries(
                 layers, firmware_entries(rootfs, dest), request.epoch), work,
                 request.compression)
@@ -357,7 +365,8 @@ def bake_into_tree(request: BuildRequest, destdir: Path, progress: Progress | No
                    early: Path | None = None) -> TreeBake:
     """The initramfs hooks' bake: the same images, list file and firmware as bake_initramfs,
     written into the tree of an initramfs being built (initramfs-tools ${DESTDIR}, dracut
-    ${initdir}). An empty list is written too: the boot then records no extensions.
+    ${initdir}). An empty list is written too: the boot then records no extensions. With a
+    store, the images go there and only the list into the tree.
     `early`: the early archives initramfs-tools collects to put first in the image (what
     Debian's microcode hooks wrote, or nothing); the extensions' CPU microcode is merged
     into it as build merges it into an image's. `request.initramfs` and `request.output`
@@ -365,6 +374,7 @@ def bake_into_tree(request: BuildRequest, destdir: Path, progress: Progress | No
     from agent.initramfs.tree import install_entries, resolve_dir
 
     sources, problems = gather_sources(request, allow_empty=True)
+    problems += check_store(request) if sources else []
     head, found = read_early(early) if early is not None else (b"", [])
     step = EarlyStep(head, str(early))
     with work_folder() as work:
@@ -372,8 +382,9 @@ def bake_into_tree(request: BuildRequest, destdir: Path, progress: Progress | No
             if sources or problems or found else ([], [])
         rootfs = [e.root / "rootfs" for e in exts]
         dest = resolve_dir(destdir, "lib/firmware")
-        install_entries(archive_entries(layers, firmware_entries(rootfs, dest), request.epoch),
-                        destdir)
+        with stored(request, layers) as layers:
+            install_entries(archive_entries(layers, firmware_entries(rootfs, dest),
+                                            request.epoch), destdir)
         if early is not None and step.plan is not None:
             write_bytes_atomically(early, with_early(step.plan, head, request.epoch))
     return TreeBake(tuple(b.layer for b in layers), step.shipped,

@@ -27,6 +27,8 @@ from agent.output import write_atomically
 from agent.tools import run
 
 LOCK_NAME = ".overlay-agent.lock"
+# KEY=VALUE lines of the store setting, named after build's --store, --store-uuid, --store-path
+SETTING_KEYS = ("STORE", "STORE_UUID", "STORE_PATH")
 IMAGE_NAME = re.compile(r"^[0-9a-f]{64}\.sqsh$")
 BOOT_DIR = Path("/boot")
 # initramfs formats the kernel unpacks: cpio "0707", gzip, xz, zstd, lz4 legacy
@@ -79,6 +81,56 @@ def locate_store(folder: Path, uuid: str | None = None, prefix: str | None = Non
     except AgentError as exc:
         raise UsageError(str(exc)) from None
     return Store(folder, uuid, prefix)
+
+
+def read_setting(path: Path) -> dict[str, str]:
+    """The store setting the initramfs hooks read: `KEY=VALUE` lines (SETTING_KEYS; `#`
+    comments, blank lines, a value optionally in quotes, as in /etc/default files). A missing
+    file or an empty STORE: no store. Every problem in one UsageError, each naming its line."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    values: dict[str, str] = {}
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        if not sep or key not in SETTING_KEYS:
+            problems.append(f"{path}:{number}: {line[:80]!r}: not KEY=VALUE with KEY one of "
+                            f"{', '.join(SETTING_KEYS)}")
+        elif key in values:
+            problems.append(f"{path}:{number}: {key} set twice")
+        else:
+            values[key] = value
+    if problems:
+        raise UsageError("; ".join(problems))
+    if not values.get("STORE"):
+        if values.get("STORE_UUID") or values.get("STORE_PATH"):
+            raise UsageError(f"{path}: STORE_UUID and STORE_PATH need STORE=DIR")
+        return {}
+    if not values["STORE"].startswith("/"):    # the hooks run from whatever folder
+        raise UsageError(f"{path}: STORE={values['STORE']!r}: not an absolute path")
+    return values
+
+
+def setting_store(path: Path) -> Store | None:
+    """The store the setting at `path` names (locate_store), or None for none."""
+    values = read_setting(path)
+    if not values:
+        return None
+    try:
+        return locate_store(Path(values["STORE"]), values.get("STORE_UUID") or None,
+                            values.get("STORE_PATH") or None)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
 
 
 @contextlib.contextmanager

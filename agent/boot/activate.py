@@ -250,9 +250,18 @@ def collect_candidates(run: Activation, entries: tuple[Layer, ...]) -> list[Cand
 
 def mount_layers(run: Activation) -> None:
     """Mount every candidate as its checks pass, then record them all in list order."""
+    reserves = ""
+    if any(cand.check == statusfile.CHECK_VERITY for cand in run.cands):
+        from agent.boot import verity
+
+        reserves = verity.lower_reserves()
     try:
         mount_in_order(run.cands, run.settings.staging_dir)
     finally:
+        if reserves:
+            from agent.boot import verity
+
+            verity.restore_reserves(reserves)
         for cand in run.cands:
             cand.close()
     # every mount first, so that a strict failure below undoes them all
@@ -291,7 +300,7 @@ def finish_activation(run: Activation, base_root: str, target: str) -> str:
         from agent import syscalls  # noqa: F401 - libffi loads here, while the checks run
         opening = upper.Opening(run.settings, base_root)   # a device mounts meanwhile
         try:
-            open_store_layers(run.cands, run.settings.staging_dir)
+            open_store_layers(run.cands, run.settings.staging_dir, base_root)
             mount_layers(run)
         except BaseException:
             opening.abandon()

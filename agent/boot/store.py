@@ -1,5 +1,6 @@
-"""Store images at boot: mount each store filesystem read-only (found by UUID, as root= is),
-then open its images and, without dm-verity, hash them.
+"""Store images at boot: mount each store filesystem read-only (found by UUID, as root= is;
+the root filesystem is used where it is mounted), then open its images and, without
+dm-verity, hash them.
 
 The initramfs carries only the list; the images sit on a disk filesystem that appears with
 the disks, so this runs in the second half of activation, after modules and the root. A
@@ -46,17 +47,40 @@ def mount_store(uuid: str, target: str, wait: float = STORE_WAIT) -> str:
     return ""
 
 
-def open_store_layers(cands: list[Candidate], staging_dir: str) -> None:
+def mounted_uuid(path: str) -> str:
+    """UUID of the disk filesystem mounted at `path`; "" when there is none to read (tmpfs,
+    overlay, no /dev node)."""
+    from agent.boot.rootdev import probe_filesystem
+
+    try:
+        devno = os.stat(path).st_dev
+        with open(f"/sys/dev/block/{os.major(devno)}:{os.minor(devno)}/uevent",
+                  encoding="utf-8") as f:
+            names = [line[8:].strip() for line in f if line.startswith("DEVNAME=")]
+    except OSError:
+        return ""
+    info = probe_filesystem(f"/dev/{names[0]}") if names else None
+    return info.uuid if info is not None else ""
+
+
+def open_store_layers(cands: list[Candidate], staging_dir: str, base_root: str = "") -> None:
     """Mount the stores the candidates need, open their images, check what needs a sha256;
-    each outcome lands on its candidate, whose `checked` is then released."""
+    each outcome lands on its candidate, whose `checked` is then released. A store on the
+    root filesystem is read where `base_root` is mounted: a second mount would fail when the
+    root is read-write (the kernel keeps one read-only state per filesystem)."""
     stores: dict[str, tuple[str, str]] = {}     # uuid -> (mount point, problem)
     deadline = time.monotonic() + STORE_WAIT    # one wait shared by every store
+    root_uuid: str | None = None
     buf = bytearray(0)
     for cand in cands:
         if not cand.entry.store:
             continue
         uuid = cand.entry.store
-        if uuid not in stores and len(stores) >= MAX_STORES:
+        if root_uuid is None:
+            root_uuid = mounted_uuid(base_root).lower() if base_root else ""
+        if uuid not in stores and root_uuid and uuid.lower() == root_uuid:
+            stores[uuid] = (base_root, "")
+        elif uuid not in stores and len(stores) >= MAX_STORES:
             stores[uuid] = ("", f"store UUID={uuid}: over the limit of {MAX_STORES} stores "
                                 "in one list")
         elif uuid not in stores:

@@ -20,7 +20,13 @@ from agent import cpio
 from agent.boot.layout import MODULES_LOAD
 from agent.errors import BuildError
 from agent.initramfs.elfdeps import walk_links
-from agent.initramfs.kmods import BOOT_MODULES, load_module_index, resolve_load_order
+from agent.initramfs.kmods import (
+    BOOT_MODULES,
+    OPTIONAL_BOOT_MODULES,
+    load_module_index,
+    present,
+    resolve_load_order,
+)
 from agent.initramfs.pyruntime import AGENT_LIB, ENTRY_MODULES, PID1_ONLY_MODULES, PYTHON_LINK
 
 # /usr/bin/overlay-agent inside the initramfs (the local-bottom script and dracut's units run it)
@@ -122,16 +128,25 @@ def find_module_file(destdir: Path, release: str, relpath: str) -> str | None:
 
 
 def module_load_entry(destdir: Path, modules_dir: Path, release: str,
-                      wanted: Sequence[str] = BOOT_MODULES) -> cpio.Entry:
+                      wanted: Sequence[str] = BOOT_MODULES,
+                      optional: Sequence[str] = OPTIONAL_BOOT_MODULES) -> cpio.Entry:
     """MODULES_LOAD for hook mode: the files of `wanted` and their dependencies that the
     distribution's tool put in the tree (initramfs-tools manual_add_modules, dracut
     instmods), in load order. A module the tree lacks is one error naming every one."""
-    order = resolve_load_order(load_module_index(modules_dir, release), wanted)
+    index = load_module_index(modules_dir, release)
+    order = resolve_load_order(index, wanted)
     found = [(m.name, find_module_file(destdir, release, m.relpath)) for m in order]
     missing = [name for name, image in found if image is None]
     if missing:
         raise BuildError(f"{destdir}: kernel module(s) {', '.join(missing)} not in the "
                          f"initramfs for {release} (the hook adds them before running the agent)")
+    # dm-verity when the kernel has it and the tool copied it (with what it needs): else the
+    # boot checks each image's sha256
+    for name in present(index, optional):
+        more = [(m.name, find_module_file(destdir, release, m.relpath))
+                for m in resolve_load_order(index, [name]) if m.name not in dict(found)]
+        if all(image is not None for _, image in more):
+            found += more
     text = "".join(f"{image}\n" for _, image in found)
     return cpio.regular(MODULES_LOAD.lstrip("/"), text.encode(), 0o644)
 
@@ -140,13 +155,17 @@ def launcher_entry() -> cpio.Entry:
     return cpio.regular(LAUNCHER_PATH.lstrip("/"), LAUNCHER.encode(), 0o755)
 
 
-def runtime_tree_entries(destdir: Path, modules_dir: Path, release: str) -> list[cpio.Entry]:
+def runtime_tree_entries(destdir: Path, modules_dir: Path, release: str,
+                         verity: bool = True) -> list[cpio.Entry]:
     """Everything hook mode needs in the initramfs, bar the extensions: the Python runtime of
-    HOOK_ENTRY_MODULES, the launcher, and the module list."""
+    HOOK_ENTRY_MODULES, the launcher, and the module list (dm-verity's only with `verity`:
+    the layers have hash trees)."""
     from agent.initramfs.pyruntime import build_runtime
 
     runtime = build_runtime(HOOK_ENTRY_MODULES)
-    return [*runtime.entries, launcher_entry(), module_load_entry(destdir, modules_dir, release)]
+    optional = OPTIONAL_BOOT_MODULES if verity else ()
+    return [*runtime.entries, launcher_entry(),
+            module_load_entry(destdir, modules_dir, release, optional=optional)]
 
 
 def check_tree(destdir: Path) -> None:

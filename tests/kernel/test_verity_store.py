@@ -268,3 +268,82 @@ def test_a_store_that_never_appears_fails_its_layers_only(
     assert [(e.phase, e.reason) for e in status.extensions] == [
         (ACTIVE, ""),
         (FAILED, "store UUID=0BAD-CAFE: no such filesystem appeared within 0.2 s")]
+
+
+# ---------------------------------------------------------------- the hooks' store setting
+
+HOOK_KVER = "6.1.0-99-amd64"
+HOOK_MODULES = ("kernel/drivers/block/loop.ko", "kernel/fs/squashfs/squashfs.ko",
+                "kernel/fs/overlayfs/overlay.ko")
+
+
+def hook_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """An initramfs tree with the modules the hook script copies, and their modules folder."""
+    tree, mods = tmp_path / "initrd", tmp_path / "modules" / HOOK_KVER
+    for folder in (tree / "lib/modules" / HOOK_KVER, mods):
+        for rel in HOOK_MODULES:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(b"\x7fELF")
+    (mods / "modules.dep").write_text("".join(f"{m}:\n" for m in HOOK_MODULES))
+    for name in ("modules.builtin", "modules.softdep", "modules.alias"):
+        (mods / name).write_text("")
+    return tree, mods
+
+
+def test_hook_bakes_into_the_store_setting_and_boot_reads_it_on_the_mounted_root(
+        work: Path, tmp_path: Path, exts: list[Path]) -> None:
+    """`initramfs-hook` with /etc/overlay-agent/store.conf's setting: images in the store,
+    only the list in the tree; at boot the store is the root filesystem, mounted read-write
+    (as with `rw` on the command line), read where it is mounted, never mounted again."""
+    tree, mods = hook_tree(tmp_path)
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "var/lib/oa").mkdir(parents=True)
+    config = tmp_path / "machine.yaml"
+    config.write_text("machine:\n  install:\n    extensions:\n" +
+                      "".join(f"      - image: dir:{e}\n" for e in exts))
+    setting = tmp_path / "store.conf"
+    setting.write_text(f"# the store\nSTORE={rootfs / 'var/lib/oa'}\nSTORE_UUID={STORE_UUID}\n"
+                       "STORE_PATH='var/lib/oa'\n")
+    hook = ("initramfs-hook", "--destdir", tree, "--kernel-release", HOOK_KVER,
+            "--modules-dir", mods, "--config", config, "--cache", tmp_path / "cache")
+    proc = overlay_agent(*hook, "--store-config", setting)
+    assert f"2 extension(s) in the store {rootfs / 'var/lib/oa'}: tool 1.0.0" in proc.stderr
+    layers = listfile.read_list((tree / "extensions.yaml").read_text())
+    assert not (tree / "extensions").exists()
+    assert [(la.store, la.path) for la in layers] == [
+        (STORE_UUID, f"var/lib/oa/{la.sha256}.sqsh") for la in layers]
+    assert sorted(p.name for p in (rootfs / "var/lib/oa").glob("*.sqsh")) == sorted(
+        f"{la.sha256}.sqsh" for la in layers)
+    # an unknown key is one line naming the file and line; nothing baked
+    setting.write_text("STORE=/x\nSTROE_UUID=1\n")
+    bad = overlay_agent(*hook, "--store-config", setting, check=False)
+    assert bad.returncode != 0
+    assert bad.stderr == (f"overlay-agent: error: {setting}:2: 'STROE_UUID=1': not KEY=VALUE "
+                          "with KEY one of STORE, STORE_UUID, STORE_PATH\n")
+
+    disk = tmp_path / "root.ext4"
+    run(["mkfs.ext4", "-q", "-F", "-U", STORE_UUID, "-O", "^has_journal", "-d", rootfs, disk,
+         "8M"], capture=True)
+    dev = run(["losetup", "--find", "--show", disk], capture=True).stdout.decode().strip()
+    try:
+        base, target = work / "base", work / "root"
+        base.mkdir()
+        target.mkdir()
+        syscalls.mount(dev, str(base), "ext4", 0)
+        settings = ActivationSettings(list_path=str(tree / "extensions.yaml"),
+                                      images_dir=str(tree / "extensions"),
+                                      status_path=str(work / "st.json"),
+                                      staging_dir=str(work / "s"))
+        assert activate_extensions(str(base), str(target), settings) == str(target)
+        assert (target / "usr/local/bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
+        assert (target / "usr/local/share/other/x").read_bytes() == b"x\n"
+        status = read_status(settings.status_path)
+        assert [(e.phase, e.check) for e in status.extensions] == [(ACTIVE, CHECK_SHA256)] * 2
+        points = [line.split()[4] for line in
+                  Path("/proc/self/mountinfo").read_text().splitlines()]
+        assert not [p for p in points if p.startswith(str(work / "s" / "store"))]
+    finally:
+        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+            if line.split()[4].startswith(str(work)):
+                syscalls.umount2(line.split()[4], syscalls.MNT_DETACH)
+        run(["losetup", "-d", dev], check=False)

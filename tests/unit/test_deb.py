@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.bake.config import read_machine_config
+from agent.bake.store import read_setting
 
 REQUIRED_DEPENDS = ("python3", "python3-yaml", "python3-pyroute2", "python3-psutil",
                     "python3-structlog", "squashfs-tools", "zstd", "initramfs-tools | dracut")
@@ -20,6 +21,7 @@ FILES = ("./usr/bin/overlay-agent",
          "./usr/lib/dracut/modules.d/90overlay-agent/overlay-agent-pre-pivot.sh",
          "./lib/systemd/system/overlay-agent-status.service",
          "./etc/overlay-agent/machine.yaml",
+         "./etc/overlay-agent/store.conf",
          "./usr/lib/python3/dist-packages/agent/boot/activate.py")
 EXECUTABLE = FILES[:4] + FILES[5:6]
 
@@ -50,10 +52,12 @@ def test_contents_modes_and_conffile(deb_package: Path, tmp_path: Path) -> None:
         assert listing[path] == "-rwxr-xr-x", path
     subprocess.run(["dpkg-deb", "-e", str(deb_package), str(tmp_path / "control")], check=True)
     assert (tmp_path / "control/conffiles").read_text().split() == [
-        "/etc/overlay-agent/machine.yaml"]
+        "/etc/overlay-agent/machine.yaml", "/etc/overlay-agent/store.conf"]
     subprocess.run(["dpkg-deb", "-x", str(deb_package), str(tmp_path / "tree")], check=True)
     config, problems = read_machine_config(tmp_path / "tree/etc/overlay-agent/machine.yaml")
     assert (config.images, problems) == ((), [])
+    # shipped without a store: images stay in the initramfs until the admin sets one
+    assert read_setting(tmp_path / "tree/etc/overlay-agent/store.conf") == {}
     unit = (tmp_path / "tree/lib/systemd/system/overlay-agent-status.service").read_text()
     assert "ExecStart=/usr/bin/overlay-agent get extensions\n" in unit
     # wanted by multi-user.target but ordered after it: the report never delays the boot

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import secrets
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,7 +21,9 @@ from pathlib import Path
 from agent import cpio
 from agent.bake.store import Store
 from agent.kernels import Kernel
-from devtools.images import CACHE, inputs_key, prune
+from devtools.demo import DONE_MARKER
+from devtools.images import BOOT_TIMEOUT, CACHE, inputs_key, prune
+from devtools.qemu import TOKEN_KEY, BootResult, boot
 
 SCENARIO_KEY = "oa_test.scenario"   # dotted: the kernel keeps it from init's arguments
 RELEASE = "@RELEASE@"               # in a pattern: the guest's kernel release, as an ERE
@@ -264,3 +267,26 @@ def read_verdicts(output: str, token: str) -> Verdicts:
     failed = dict(re.findall(rf"^FAIL {token} (\S+) ?(.*)$", output, re.M))
     scenario = re.search(rf"^CHECKS {token} (\S*)$", output, re.M)
     return Verdicts(passed, failed, scenario.group(1) if scenario else "")
+
+
+def boot_scenario(kernel: Kernel, initrd: Path, scenario: str, logs: Path, extra: str = "", *,
+                  log: str = "", disk: Path | None = None) -> tuple[BootResult, Verdicts]:
+    """One boot of a checks root's `scenario` with a fresh token (and `disk` as a second
+    drive); serial log LOGS/LOG.log (default: the scenario's name)."""
+    token = secrets.token_hex(8)
+    append = f"panic=-1 loglevel=3 {TOKEN_KEY}={token} {SCENARIO_KEY}={scenario} {extra}"
+    result = boot(kernel.vmlinuz, initrd, append.strip(), disk=disk, timeout=BOOT_TIMEOUT,
+                  serial_log=logs / f"{log or scenario}.log")
+    assert not result.timed_out, result.output[-3000:]
+    return result, read_verdicts(result.output, token)
+
+
+def assert_all_passed(result: BootResult, verdicts: Verdicts,
+                      scenarios: Mapping[str, Sequence[Check]], scenario: str) -> None:
+    """The guest ran `scenario`, and every one of its checks (from `scenarios`) passed."""
+    tail = result.output[-4000:]
+    assert verdicts.scenario == scenario, tail
+    assert dict(verdicts.failed) == {}, tail
+    assert sorted(verdicts.passed) == sorted(c.name for c in scenarios[scenario]), tail
+    assert DONE_MARKER in result.output, tail
+    assert "Traceback" not in result.output, tail

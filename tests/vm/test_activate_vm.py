@@ -10,7 +10,6 @@ disable, and hook mode under a busybox shell /init.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,26 +17,24 @@ from pathlib import Path
 import pytest
 from extensions import (
     RELEASE,
-    SCENARIO_KEY,
     Check,
     ExtensionSpec,
-    Verdicts,
     append_archive,
+    assert_all_passed,
     bake,
+    boot_scenario,
     checks_root,
     flip_bytes,
     listing_checks,
     module_files,
-    read_verdicts,
     suite_kernel,
 )
 from test_boot import assert_fatal
 
 from agent import cpio
 from agent.kernels import Kernel
-from devtools.demo import CLI_WRAPPER, DONE_MARKER, MARKER
-from devtools.images import BOOT_TIMEOUT, BUSYBOX, initramfs
-from devtools.qemu import TOKEN_KEY, BootResult, boot
+from devtools.demo import CLI_WRAPPER, MARKER
+from devtools.images import BUSYBOX, initramfs
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("bookworm", "trixie")
@@ -176,65 +173,46 @@ def extension_image(baked: Path, ext_id: str) -> bytes:
     return members[f"extensions/{ext_id}.sqsh"].content()
 
 
-def boot_scenario(images: Images, initrd: Path, scenario: str,
-                  extra: str = "", log: str = "") -> tuple[BootResult, Verdicts]:
-    """One boot with a fresh token; serial log LOG.log (default: the scenario's name)."""
-    token = secrets.token_hex(8)
-    append = f"panic=-1 loglevel=3 {TOKEN_KEY}={token} {SCENARIO_KEY}={scenario} {extra}"
-    result = boot(images.kernel.vmlinuz, initrd, append.strip(), timeout=BOOT_TIMEOUT,
-                  serial_log=images.logs / f"{log or scenario}.log")
-    assert not result.timed_out, result.output[-3000:]
-    return result, read_verdicts(result.output, token)
-
-
-def assert_all_passed(result: BootResult, verdicts: Verdicts, scenario: str) -> None:
-    tail = result.output[-4000:]
-    assert verdicts.scenario == scenario, tail
-    assert dict(verdicts.failed) == {}, tail
-    assert sorted(verdicts.passed) == sorted(c.name for c in SCENARIOS[scenario]), tail
-    assert DONE_MARKER in result.output, tail
-    assert "Traceback" not in result.output, tail
-
-
 # ---------------------------------------------------------------- scenarios
 
 def test_three_extensions_with_firmware_and_module(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.happy, "happy")
-    assert_all_passed(result, verdicts, "happy")
+    result, verdicts = boot_scenario(images.kernel, images.happy, "happy", images.logs)
+    assert_all_passed(result, verdicts, SCENARIOS, "happy")
     assert "overlay-agent: extension" not in result.output   # no layer reported a problem
 
 
 def test_twelve_layers_list_order_wins_and_skip(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.twelve, "twelve",
+    result, verdicts = boot_scenario(images.kernel, images.twelve, "twelve", images.logs,
                                      f"overlay_agent.skip={twelve()[SKIPPED].name}")
-    assert_all_passed(result, verdicts, "twelve")
+    assert_all_passed(result, verdicts, SCENARIOS, "twelve")
     assert "overlay-agent: extension 006-ext-f: skipped: overlay_agent.skip=ext-f" \
         in result.output
 
 
 def test_corrupted_image_is_skipped_the_others_work(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.corrupt, "corrupt")
-    assert_all_passed(result, verdicts, "corrupt")
+    result, verdicts = boot_scenario(images.kernel, images.corrupt, "corrupt", images.logs)
+    assert_all_passed(result, verdicts, SCENARIOS, "corrupt")
     assert re.search(rf"^overlay-agent: extension 000-hello-tool: failed: {SHA_REASON}$",
                      result.output, re.M), result.output[-3000:]
 
 
 def test_corrupted_image_strict_is_fatal(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.corrupt, "corrupt", "overlay_agent.strict",
-                                     log="strict")
+    result, verdicts = boot_scenario(images.kernel, images.corrupt, "corrupt", images.logs,
+                                     "overlay_agent.strict", log="strict")
     assert_fatal(result, re.compile(rf"extension 000-hello-tool: {SHA_REASON} "
                                     r"\(overlay_agent\.strict\)"), panic=-1)
     assert MARKER not in result.output and verdicts.passed == ()
 
 
 def test_disable_boots_the_bare_root(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.happy, "disable", "overlay_agent.disable")
-    assert_all_passed(result, verdicts, "disable")
+    result, verdicts = boot_scenario(images.kernel, images.happy, "disable", images.logs,
+                                     "overlay_agent.disable")
+    assert_all_passed(result, verdicts, SCENARIOS, "disable")
 
 
 def test_hook_mode_under_a_shell_init(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.hook, "hook")
-    assert_all_passed(result, verdicts, "hook")
+    result, verdicts = boot_scenario(images.kernel, images.hook, "hook", images.logs)
+    assert_all_passed(result, verdicts, SCENARIOS, "hook")
     assert "HOOK-INIT root mounted" in result.output
     assert "HOOK-INIT activated" in result.output
     assert "HOOK-INIT insmod" not in result.output                # every module loaded

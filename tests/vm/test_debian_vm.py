@@ -8,21 +8,23 @@ assertions here read those lines.
 Both suites: the happy path (the read-only root). Bookworm: a second kernel installed after
 the agent gets the extensions in its own initramfs (read back with `inspect`; booting it
 would add minutes), overlay_agent.disable, an image corrupted after baking (with a tmpfs
-upper: one boot for both), an unreachable extension failing update-initramfs, and dracut
-with systemd in the initramfs. Trixie: a device upper on a third disk.
+upper: one boot for both), an unreachable extension failing update-initramfs, dracut with
+systemd in the initramfs, and a store setting: the images on the root filesystem, checked
+by dm-verity. Trixie: a device upper on a third disk.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from agent import cpio
+from agent import cpio, listfile
 from devtools.debian_root import (
     BOOKWORM,
     LOGS,
@@ -211,3 +213,78 @@ def test_dracut_systemd_initrd(deb_package: Path) -> None:
     assert_running(report)
     assert set(report.lines("PASS")) == ALL_CHECKS
     assert sorted(extension_rows(report)) == ["000-hello", "001-example-firmware"]
+
+
+STORE_DIR = "srv/overlay-agent/store"
+
+
+def store_initrd(prepared: Prepared, release: str, scratch: Path) -> tuple[Path, Path, str]:
+    """mkinitramfs (as update-initramfs runs it) with cryptsetup-bin installed and a store
+    setting naming a folder of the root filesystem, in an overlay on the prepared root (which
+    stays as it was): the initrd, the store folder, and the root filesystem's UUID."""
+    from agent.boot.rootdev import probe_filesystem
+
+    info = probe_filesystem(str(prepared.root_disk))
+    assert info is not None and info.uuid
+    upper = scratch / "upper"
+    (upper / STORE_DIR).mkdir(parents=True)
+    (upper / "etc/overlay-agent").mkdir(parents=True)
+    # a folder inside the chroot is not where the root filesystem is mounted at boot:
+    # STORE_UUID and STORE_PATH say where it will be
+    (upper / "etc/overlay-agent/store.conf").write_text(
+        f"STORE=/{STORE_DIR}\nSTORE_UUID={info.uuid}\nSTORE_PATH={STORE_DIR}\n")
+    log = in_chroot(prepared.tree, "apt-get install -y -q --no-install-recommends "
+                    f"cryptsetup-bin >/dev/null && TMPDIR=/tmp mkinitramfs -o /tmp/oa-store.img "
+                    f"{release} 2>&1", network=True, scratch=scratch,
+                    var=prepared.var).stdout
+    assert f"2 extension(s) in the store /{STORE_DIR}: hello 1.0.0" in log, log[-3000:]
+    return upper / "tmp/oa-store.img", upper / STORE_DIR, info.uuid
+
+
+def root_disk_with(prepared: Prepared, store: Path, out: Path) -> Path:
+    """A copy of the root disk with the store's images written into STORE_DIR (debugfs)."""
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", prepared.root_disk, out],
+                   check=True)
+    parts = STORE_DIR.split("/")
+    commands = [f"mkdir /{'/'.join(parts[:i + 1])}" for i in range(len(parts))]
+    commands += [f"write {image} /{STORE_DIR}/{image.name}" for image in store.glob("*.sqsh")]
+    subprocess.run(["debugfs", "-w", "-f", "-", out], input="\n".join(commands) + "\n",
+                   capture_output=True, text=True, check=True)
+    listing = subprocess.run(["debugfs", "-R", f"ls -l /{STORE_DIR}", out], check=True,
+                             capture_output=True, text=True).stdout
+    for image in store.glob("*.sqsh"):
+        assert f"{image.stat().st_size} " in listing and image.name in listing, listing
+    return out
+
+
+def test_store_setting_images_on_the_root_filesystem_checked_by_verity(
+        bookworm: Prepared, tmp_path: Path) -> None:
+    """store.conf names a folder of the root filesystem: the initrd carries only the list;
+    hook mode reads the images where the root is mounted and attaches them through dm-verity
+    (Debian's kernel has it; the hook copies the module)."""
+    from agent.bake.segments import merged_members, split_segments
+
+    release = bookworm.main_release
+    scratch = LOGS / "store-scratch"
+    disk = LOGS / "store-root.ext4"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        initrd, store, uuid = store_initrd(bookworm, release, scratch)
+        members = merged_members(split_segments(initrd.read_bytes(), str(initrd)))
+        assert not [name for name in members if name.startswith("extensions/")]
+        layers = listfile.read_list(members["extensions.yaml"].content().decode())
+        assert [(la.metadata.name, la.store, la.verity is not None) for la in layers] == [
+            ("hello", uuid, True), ("example-firmware", uuid, True)]
+        assert sorted(p.name for p in store.glob("*.sqsh")) == sorted(
+            f"{la.sha256}.sqsh" for la in layers)
+        report = boot(bookworm, "store", initrd=initrd,
+                      root_disk=root_disk_with(bookworm, store, disk))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        disk.unlink(missing_ok=True)
+    assert_running(report)
+    assert set(report.lines("PASS")) == ALL_CHECKS
+    rows = extension_rows(report)     # all active: no PHASE column, CHECK last
+    assert {i: rows[i][3:] for i in rows} == {"000-hello": ["verity"],
+                                              "001-example-firmware": ["verity"]}
+    assert "store UUID=" not in report.result.output       # the root filesystem was not mounted again

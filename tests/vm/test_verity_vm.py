@@ -17,22 +17,20 @@ import json
 import os
 import random
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from extensions import (
-    SCENARIO_KEY,
     Check,
     ExtensionSpec,
-    Verdicts,
     all_lines,
     append_archive,
+    assert_all_passed,
     bake,
+    boot_scenario,
     demo_root_key,
-    read_verdicts,
     render_checks,
     table_row,
 )
@@ -44,8 +42,7 @@ from agent.errors import SourceError
 from agent.kernels import Kernel, load_kernel
 from agent.tools import run
 from devtools.demo import DONE_MARKER, build_demo_root
-from devtools.images import BOOT_TIMEOUT, CACHE, initramfs, prune
-from devtools.qemu import TOKEN_KEY, BootResult, boot
+from devtools.images import CACHE, initramfs, prune
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("bookworm", "trixie")
@@ -293,37 +290,18 @@ def images(request: pytest.FixtureRequest, verity_root: Path,
                   vfat_disk(tree, work / "st.vfat"), tuple(removed), kept, referenced, work)
 
 
-def boot_scenario(images: Images, initrd: Path, scenario: str, extra: str = "",
-                  disk: Path | None = None) -> tuple[BootResult, Verdicts]:
-    token = secrets.token_hex(8)
-    append = f"panic=-1 loglevel=3 {TOKEN_KEY}={token} {SCENARIO_KEY}={scenario} {extra}"
-    result = boot(images.kernel.vmlinuz, initrd, append.strip(), disk=disk,
-                  timeout=BOOT_TIMEOUT, serial_log=images.logs / f"{scenario}.log")
-    assert not result.timed_out, result.output[-3000:]
-    return result, read_verdicts(result.output, token)
-
-
-def assert_all_passed(result: BootResult, verdicts: Verdicts, scenario: str) -> None:
-    tail = result.output[-4000:]
-    assert verdicts.scenario == scenario, tail
-    assert dict(verdicts.failed) == {}, tail
-    assert sorted(verdicts.passed) == sorted(c.name for c in SCENARIOS[scenario]), tail
-    assert DONE_MARKER in result.output, tail
-    assert "Traceback" not in result.output, tail
-
-
 # ---------------------------------------------------------------- scenarios
 
 def test_verity_layers_corruption_gives_eio_and_shows_corrupted(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.verity, "verity")
-    assert_all_passed(result, verdicts, "verity")
+    result, verdicts = boot_scenario(images.kernel, images.verity, "verity", images.logs)
+    assert_all_passed(result, verdicts, SCENARIOS, "verity")
     assert re.search(rf"^overlay-agent: extension 003-badroot: failed: {MOUNT_EIO}$",
                      result.output, re.M), result.output[-3000:]
 
 
 def test_verity_corruption_is_fatal_when_strict(images: Images) -> None:
-    result, _ = boot_scenario(images, images.strict, "verity-strict",
-                                     "overlay_agent.strict")
+    result, _ = boot_scenario(images.kernel, images.strict, "verity-strict", images.logs,
+                              "overlay_agent.strict")
     tail = result.output[-3000:]
     assert "Kernel panic - not syncing: dm-verity device corrupted" in result.output, tail
     assert "STRICT-READ-RETURNED" not in result.output, tail
@@ -341,10 +319,12 @@ def test_store_upgrade_and_gc_keep_the_running_images(images: Images) -> None:
 
 
 def test_store_on_ext4_boots_the_running_version(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.store_a, "store-a", disk=images.ext4)
-    assert_all_passed(result, verdicts, "store-a")
+    result, verdicts = boot_scenario(images.kernel, images.store_a, "store-a", images.logs,
+                                     disk=images.ext4)
+    assert_all_passed(result, verdicts, SCENARIOS, "store-a")
 
 
 def test_store_on_vfat_boots_the_upgrade(images: Images) -> None:
-    result, verdicts = boot_scenario(images, images.store_b, "store-b", disk=images.vfat)
-    assert_all_passed(result, verdicts, "store-b")
+    result, verdicts = boot_scenario(images.kernel, images.store_b, "store-b", images.logs,
+                                     disk=images.vfat)
+    assert_all_passed(result, verdicts, SCENARIOS, "store-b")

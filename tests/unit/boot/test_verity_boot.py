@@ -63,3 +63,16 @@ def test_device_state_without_a_device_mapper_is_unknown() -> None:
     if Path(syscalls.DM_CONTROL).exists():
         pytest.skip("this kernel has a device mapper")
     assert verity.device_state("oa-layer-000") == ""
+
+
+def test_reserves_are_lowered_while_devices_are_made_then_put_back(tmp_path: Path) -> None:
+    param = tmp_path / "reserved_bio_based_ios"
+    param.write_text("16\n")
+    old = verity.lower_reserves(str(param))
+    assert (old, param.read_text()) == ("16", verity.LEAN_RESERVE)
+    verity.restore_reserves(old, str(param))
+    assert param.read_text() == "16"
+    # no dm-mod (or no such parameter): nothing to put back, nothing raised
+    assert verity.lower_reserves(str(tmp_path / "none")) == ""
+    verity.restore_reserves("", str(tmp_path / "none"))
+    assert not (tmp_path / "none").exists()

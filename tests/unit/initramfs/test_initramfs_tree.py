@@ -128,3 +128,29 @@ def test_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     argv = ["initramfs-hook", *[x for kv in base.items() for x in kv]]
     assert main(argv) != 0
     assert capsys.readouterr().err == f"overlay-agent: error: {message}\n"
+
+
+DM = ("kernel/drivers/md/dm-mod.ko", "kernel/drivers/md/dm-bufio.ko",
+      "kernel/drivers/md/dm-verity.ko")
+
+
+@pytest.mark.parametrize(("copied", "listed"), [
+    (DM, DM),                  # the tool copied dm-verity and its dependencies: loaded last
+    (DM[2:], ()),              # its dependencies missing: left out, the boot checks sha256
+    ((), ()),
+])
+def test_dm_verity_is_listed_when_the_tool_copied_it(tmp_path: Path, copied: tuple[str, ...],
+                                                     listed: tuple[str, ...]) -> None:
+    tree = distro_tree(tmp_path / "tree")
+    mods = modules_dir(tmp_path / "host", "".join(f"{m}:\n" for m in MODULES) +
+                       f"{DM[0]}:\n{DM[1]}: {DM[0]}\n{DM[2]}: {DM[1]} {DM[0]}\n")
+    for rel in MODULES + DM:
+        (mods / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mods / rel).write_bytes(b"\x7fELF")
+    for rel in MODULES + copied:
+        (tree / "usr/lib/modules" / KVER / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / "usr/lib/modules" / KVER / rel).write_bytes(b"\x7fELF")
+    lines = module_load_entry(tree, mods, KVER).content().decode().splitlines()
+    assert lines == [f"/usr/lib/modules/{KVER}/{m}" for m in MODULES + listed]
+    without = module_load_entry(tree, mods, KVER, optional=()).content().decode()
+    assert without.splitlines() == lines[:3]
