@@ -4,7 +4,8 @@ A path named by an input may be a fifo (open() blocks forever), a symlink to /de
 (a read never ends), a device or a socket. open_regular() opens without blocking (and on
 the boot path without following a final symlink), checks with fstat that it holds a
 regular file of a bounded or an expected size, and only then hands the descriptor back,
-blocking again; read_regular() reads such a file with that bound. Errors are OSError
+blocking again; read_regular() reads such a file with that bound, and FileBuffer reads a
+large one by offset, a slice at a time. Errors are OSError
 (errno, reason, path), as agent.syscalls raises them. Light enough for PID 1 (os, stat,
 errno only).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import overload
 
 _CHUNK = 1 << 16
 
@@ -79,3 +81,50 @@ def read_regular(path: str, max_size: int, *, follow: bool = False) -> bytes:
         return read_fd(fd, path, max_size)
     finally:
         os.close(fd)
+
+
+class FileBuffer:
+    """An open regular file sliced like bytes (`buf[i]`, `buf[a:b]`, `len(buf)`), each slice
+    read with pread: nothing mapped (an address-space limit counts mappings), nothing held
+    but the slice asked for. A slice past a shrunken end is short, as on shorter bytes.
+    FileBuffer(-1, 0) stands for no file: empty."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        if isinstance(key, int):
+            key += self.size if key < 0 else 0
+            data = self[key:key + 1] if 0 <= key < self.size else b""
+            if not data:
+                raise IndexError("file offset out of range")
+            return data[0]
+        start, stop, step = key.indices(self.size)
+        if step != 1:
+            raise ValueError("FileBuffer slices have no step")
+        return os.pread(self.fd, max(0, stop - start), start) if stop > start else b""
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> FileBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_buffer(path: str, max_size: int) -> FileBuffer:
+    """The regular file at `path` (a final symlink followed), of at most `max_size` bytes,
+    as a FileBuffer the caller closes."""
+    return FileBuffer(*open_regular(path, max_size=max_size, follow=True))
