@@ -27,7 +27,9 @@ from agent import cpio
 from agent.bake import microcode
 from agent.bake.firmware import FIRMWARE_DIRS
 from agent.bake.microcode import FILE_NAMES, INTEL, UCODE_FOLDERS, VENDORS, Blob, MicrocodeError
+from agent.bake.segments import Buffer, SegmentFormat, detect_format, next_data
 from agent.errors import AgentError, BuildError, ValidationFailed
+from agent.image.decompress import SliceReader
 from agent.output import write_bytes_atomically
 
 MICROCODE_DIR = "kernel/x86/microcode"
@@ -35,6 +37,7 @@ RECORD = "etc/overlay-agent/microcode.json"
 INPUT_LABEL = "initramfs"       # blobs the input's own early archive held
 ALIGN = 16                      # Intel's loader hands the update's address to the CPU
 _EARLY_NAMES = {".", "early_cpio", "etc", "etc/overlay-agent", RECORD}
+MAX_EARLY_BYTES = 64 << 20      # bytes of early members (microcode, record, ...) held in all
 
 
 def member_name(vendor: str) -> str:
@@ -123,26 +126,49 @@ def load_microcode(sources: Sequence[MicrocodeSource]) -> tuple[list[MicrocodeFi
     return files, problems
 
 
-def leading_archives(blob: bytes, where: str) -> list[tuple[int, int, list[cpio.Entry]]]:
-    """(start, end, members) of the uncompressed archives the image starts with."""
+def is_early_name(name: str) -> bool:
+    n = normal(name)
+    return n in _EARLY_NAMES or n == "kernel" or n.startswith("kernel/")
+
+
+def keep_early() -> cpio.Keep:
+    """A cpio.Keep holding the bytes of early members only (all an early-only archive holds,
+    so all plan_early reads or carries), at most MAX_EARLY_BYTES in all: the rest of a
+    leading archive, however large, is only hashed as it streams by."""
+    budget = [MAX_EARLY_BYTES]
+
+    def keep(name: str, mode: int, size: int) -> bool:
+        if not is_early_name(name):
+            return False
+        budget[0] -= size
+        if budget[0] < 0:
+            raise BuildError(f"cpio: member {name!r} ({size} bytes) takes the early members "
+                             f"over {MAX_EARLY_BYTES} bytes")
+        return True
+
+    return keep
+
+
+def leading_archives(blob: Buffer, where: str) -> list[tuple[int, int, list[cpio.Entry]]]:
+    """(start, end, members) of the uncompressed archives the image starts with; the bytes
+    of early members only (keep_early)."""
     found: list[tuple[int, int, list[cpio.Entry]]] = []
     pos = 0
-    while True:
-        while blob[pos:pos + 1] == b"\0":
-            pos += 1
-        if not blob.startswith((b"070701", b"070702"), pos):
-            return found
+    keep = keep_early()
+    while (start := next_data(blob, pos)) is not None \
+            and detect_format(blob, start) is SegmentFormat.CPIO:
+        reader = SliceReader(blob, start, len(blob) - start)
         try:
-            entries, end = cpio.read(blob, pos)
+            entries, length = cpio.read_archive(reader.read, start, keep)
         except BuildError as exc:
-            raise BuildError(f"{where}: early archive at offset {pos}: {exc}") from None
-        found.append((pos, end, entries))
-        pos = end
+            raise BuildError(f"{where}: early archive at offset {start}: {exc}") from None
+        pos = start + length
+        found.append((start, pos, entries))
+    return found
 
 
 def is_early_only(entries: Sequence[cpio.Entry]) -> bool:
-    names = [normal(e.name) for e in entries]
-    return all(n in _EARLY_NAMES or n == "kernel" or n.startswith("kernel/") for n in names)
+    return all(is_early_name(e.name) for e in entries)
 
 
 def printable(text: str) -> str:
@@ -170,7 +196,7 @@ def read_record(entries: Sequence[cpio.Entry]) -> dict[str, dict[str, list[str]]
     return found
 
 
-def plan_early(blob: bytes, files: Sequence[MicrocodeFile],
+def plan_early(blob: Buffer, files: Sequence[MicrocodeFile],
                where: str) -> tuple[EarlyPlan | None, list[str]]:
     """The early archive for `files` on the image `blob`; None when no file ships microcode.
     Problems: the image's own early microcode malformed."""
@@ -271,14 +297,18 @@ def early_entries(plan: EarlyPlan, mtime: int) -> list[cpio.Entry]:
     return align_intel(cpio.with_parents(entries, mtime), mtime)
 
 
-def with_early(plan: EarlyPlan, blob: bytes, mtime: int) -> bytes:
-    """The early archive, then `blob` from `plan.rest` on, at the same offset modulo 4 (an
-    archive inside must stay 4-byte aligned)."""
+def early_head(plan: EarlyPlan, mtime: int) -> bytes:
+    """The early archive and the zeros that put the input's bytes from `plan.rest` on at
+    the same offset modulo 4 (an archive inside must stay 4-byte aligned)."""
     out = io.BytesIO()
     size = cpio.write(early_entries(plan, mtime), out)
     out.write(b"\0" * ((plan.rest - size) % 4))
-    out.write(memoryview(blob)[plan.rest:])
     return out.getvalue()
+
+
+def with_early(plan: EarlyPlan, blob: bytes, mtime: int) -> bytes:
+    """The early archive, then `blob` from `plan.rest` on (early_head)."""
+    return b"".join((early_head(plan, mtime), memoryview(blob)[plan.rest:]))
 
 
 def add_microcode(initramfs: Path, sources: Sequence[MicrocodeSource], mtime: int) -> bool:

@@ -12,20 +12,24 @@ from __future__ import annotations
 import enum
 import hashlib
 import itertools
-import mmap
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent import cpio, listfile
-from agent.bake.early import RECORD, EarlyMicrocode, member_name, read_early_microcode
+from agent.bake.early import (
+    MAX_EARLY_BYTES,
+    RECORD,
+    EarlyMicrocode,
+    member_name,
+    read_early_microcode,
+)
 from agent.bake.microcode import VENDORS
 from agent.bake.segments import Segment, SegmentFormat, keep_links, merged_members, split_segments
 from agent.errors import SourceError
 from agent.escape import escape
-from agent.files import open_regular
+from agent.files import FileBuffer, open_buffer
 
 
 class ImageState(enum.Enum):
@@ -77,14 +81,11 @@ def check_image(index: int, layer: listfile.Layer, entry: cpio.Entry | None) -> 
     return LayerReport(index, layer, size, digest, state)
 
 
-MAX_MICROCODE_BYTES = 64 << 20   # the early loader's files and record, at most this in all
-
-
 def keep_list_and_links() -> cpio.Keep:
     """Hold the bytes of symlinks, would-be list files and the early microcode files only
     (bounded in all): every other member is hashed as it streams by, whatever an archive
     unpacks to."""
-    budget = [4 * listfile.MAX_LIST_BYTES + MAX_MICROCODE_BYTES]
+    budget = [4 * listfile.MAX_LIST_BYTES + MAX_EARLY_BYTES]
     name = listfile.LIST_PATH.rsplit("/", 1)[-1]
     early = {RECORD, *(member_name(v) for v in VENDORS)}
 
@@ -100,29 +101,25 @@ def keep_list_and_links() -> cpio.Keep:
     return keep
 
 
-def map_input(path: Path) -> tuple[mmap.mmap | bytes, int]:
-    """The initramfs mapped read-only (its pages are the page cache's, not ours): a regular
-    file only, never a fifo to block on."""
+def open_input(path: Path) -> FileBuffer:
+    """The initramfs, read slice by slice (never mapped: an address-space limit counts a
+    mapping whole): a regular file only, never a fifo to block on."""
     try:
-        fd, size = open_regular(str(path), follow=True)
+        return open_buffer(str(path), -1)
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return (mmap.mmap(fd, 0, prot=mmap.PROT_READ) if size else b""), size
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
-    finally:
-        os.close(fd)
 
 
 def inspect_initramfs(path: Path) -> InitramfsReport:
     """Read every segment of `path` and check the baked extensions against the list."""
-    blob, size = map_input(path)
+    blob = open_input(path)
+    size = len(blob)
     try:
         segments = split_segments(blob, str(path), keep_list_and_links())
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
     finally:
-        if isinstance(blob, mmap.mmap):
-            blob.close()
+        blob.close()
     leading = itertools.takewhile(lambda s: s.format is SegmentFormat.CPIO, segments)
     microcode = tuple(read_early_microcode([s.entries for s in leading]))
     tree = merged_members(segments)

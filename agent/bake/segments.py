@@ -13,8 +13,6 @@ from __future__ import annotations
 import bz2
 import enum
 import lzma
-import mmap
-import re
 import stat
 import zlib
 from collections.abc import Callable, Iterator
@@ -24,9 +22,10 @@ from typing import Any
 from agent import cpio
 from agent.bake.firmware import resolve_in_tree
 from agent.errors import BuildError
+from agent.files import FileBuffer
 from agent.image.decompress import SliceReader, ZstdStream
 
-Buffer = bytes | mmap.mmap    # a file read whole, or mapped (inspect)
+Buffer = bytes | FileBuffer    # bytes in memory, or a file read slice by slice
 
 
 class SegmentFormat(enum.Enum):
@@ -56,7 +55,6 @@ _MAGICS: tuple[tuple[bytes, SegmentFormat], ...] = (
     (b"BZh", SegmentFormat.BZIP2), (b"\x28\xb5\x2f\xfd", SegmentFormat.ZSTD),
     (b"\x02\x21\x4c\x18", SegmentFormat.LZ4),
 )
-_NONZERO = re.compile(rb"[^\0]")
 
 
 def detect_format(blob: Buffer, pos: int) -> SegmentFormat | None:
@@ -95,6 +93,7 @@ def measure_zstd_frame(blob: Buffer, pos: int, where: str) -> int:
 MAX_UNPACKED = 1 << 30   # all segments together: the kernel must hold it all in RAM
 _IN = 1 << 16            # compressed bytes per decoder call
 _OUT = 1 << 20           # decompressed bytes per decoder call
+_ZEROS = bytes(_OUT)
 
 
 class Chunks:
@@ -106,14 +105,20 @@ class Chunks:
         self.buf, self.pos, self.consumed = b"", 0, 0
 
     def fill(self, n: int) -> None:
-        while len(self.buf) - self.pos < n:
+        have = len(self.buf) - self.pos
+        if have >= n:
+            return
+        parts = [self.buf[self.pos:]]   # joined once: a large read is not copied per chunk
+        while have < n:
             more = next(self.chunks, None)
             if more is None:
-                return
+                break
             self.limit -= len(more)
             if self.limit < 0:
                 raise BuildError(f"{self.where}: unpacks to more than {MAX_UNPACKED} bytes")
-            self.buf, self.pos = self.buf[self.pos:] + more, 0
+            parts.append(more)
+            have += len(more)
+        self.buf, self.pos = b"".join(parts), 0
 
     def read(self, n: int) -> bytes:
         self.fill(n)
@@ -134,6 +139,22 @@ class Chunks:
             self.consumed += zeros
             if self.pos < len(self.buf):
                 return True
+
+
+def slices(blob: Buffer, pos: int) -> Iterator[bytes]:
+    """`blob` from `pos` on, _OUT bytes at a time."""
+    while chunk := blob[pos:pos + _OUT]:
+        yield chunk
+        pos += len(chunk)
+
+
+def next_data(blob: Buffer, pos: int) -> int | None:
+    """Offset of the first non-zero byte from `pos` (zeros pad between archives), or None."""
+    while chunk := blob[pos:pos + _OUT]:
+        if chunk != _ZEROS[:len(chunk)]:    # a compare, not a strip, for the common case
+            return pos + len(chunk) - len(chunk.lstrip(b"\0"))
+        pos += len(chunk)
+    return None
 
 
 class Length:
@@ -225,15 +246,15 @@ def split_segments(blob: Buffer, where: str, keep: cpio.Keep | None = None) -> l
     segments: list[Segment] = []
     pos = 0
     budget = MAX_UNPACKED
-    while (found := _NONZERO.search(blob, pos)) is not None:
-        pos = found.start()
+    while (found := next_data(blob, pos)) is not None:
+        pos = found
         fmt = detect_format(blob, pos)
         at = f"{where}: segment {len(segments)} at offset {pos}"
         if fmt is None:
             raise BuildError(f"{where}: unknown data at offset {pos} "
                              f"(not cpio, gzip, xz, lzma, bzip2, zstd or lz4)")
         if fmt is SegmentFormat.CPIO:
-            chunks = Chunks(iter((bytes(blob[pos:]),)), at, budget)
+            chunks = Chunks(slices(blob, pos), at, budget)
             try:
                 members, end = cpio.read_archive(chunks.read, pos, keep)
             except BuildError as exc:

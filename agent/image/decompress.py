@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import mmap
 import threading
 from typing import IO
 
 from agent.errors import ToolError, UnpackError
+from agent.files import FileBuffer
 from agent.tools import start
 
 _CHUNK = 1 << 20
@@ -45,11 +45,10 @@ class CountingReader:
 
 
 class SliceReader:
-    """`read(n)` over `length` bytes of a buffer from `pos` (an mmap of an initramfs): the
-    tool is fed slice by slice, never a copy of the whole stream."""
+    """`read(n)` over `length` bytes of a buffer from `pos` (an initramfs file): the tool is
+    fed slice by slice, never a copy of the whole stream."""
 
-    def __init__(self, buffer: bytes | mmap.mmap, pos: int, length: int) -> None:
-        # slices, not a memoryview: an exported view would keep the mmap from closing
+    def __init__(self, buffer: bytes | FileBuffer, pos: int, length: int) -> None:
         self.buffer, self.at, self.end = buffer, pos, pos + length
 
     def read(self, n: int = -1) -> bytes:
