@@ -5,7 +5,8 @@ collecting every problem -> write nothing if there is one -> squash in parallel,
 dm-verity hash tree to each image, add the modules layer and firmware, write the list file
 -> put the CPU microcode extensions ship into the early archive at the start
 (agent.bake.early), append one compressed cpio and write the output atomically. With a
-store, the images go to the store folder and only the list into the initramfs.
+store, the images go to the store folder and only the list into the initramfs. The input
+initramfs is read a slice at a time, never whole: memory stays bounded whatever its size.
 """
 
 from __future__ import annotations
@@ -21,15 +22,29 @@ from typing import BinaryIO
 from agent import cpio, listfile
 from agent.bake.config import find_duplicates, read_machine_config
 from agent.bake.depmod import ModulesPlan, build_modules_layer, modules_metadata, plan_modules
-from agent.bake.early import EarlyPlan, MicrocodeSource, load_microcode, plan_early, with_early
+from agent.bake.early import (
+    EarlyPlan,
+    MicrocodeSource,
+    early_head,
+    load_microcode,
+    plan_early,
+    with_early,
+)
 from agent.bake.firmware import firmware_entries, resolve_in_tree
-from agent.bake.segments import MAX_UNPACKED, keep_links, merged_members, split_segments
+from agent.bake.segments import (
+    MAX_UNPACKED,
+    Buffer,
+    keep_links,
+    merged_members,
+    slices,
+    split_segments,
+)
 from agent.bake.squash import Compression, SquashJob, SquashOptions, squash_all
 from agent.bake.store import Store, locked, put_image
 from agent.bake.verity import append_hash_tree
 from agent.bake.workdir import work_folder
 from agent.errors import AgentError, BuildError, ValidationFailed
-from agent.files import read_regular
+from agent.files import FileBuffer, open_buffer
 from agent.image.model import FetchOptions, UnpackedExtension
 from agent.log import get_logger
 from agent.output import write_atomically, write_bytes_atomically
@@ -108,14 +123,17 @@ def check_output(path: Path) -> list[str]:
     return []
 
 
-def read_input(path: Path) -> tuple[bytes, dict[str, cpio.Entry], list[str]]:
-    """The input initramfs and its unpacked member table, or the problem with it."""
+def read_input(path: Path) -> tuple[FileBuffer, dict[str, cpio.Entry], list[str]]:
+    """The input initramfs (open, read by slices; the caller closes it) and its unpacked
+    member table, or the problem with it."""
     try:   # a regular file (never a fifo to block on) of a size the kernel could unpack
-        blob = read_regular(str(path), MAX_UNPACKED, follow=True)
+        blob = open_buffer(str(path), MAX_UNPACKED)
     except OSError as exc:
-        return b"", {}, [f"{path}: cannot read: {exc.strerror}"]
+        return FileBuffer(-1, 0), {}, [f"{path}: cannot read: {exc.strerror}"]
     try:   # names and symlinks are what the checks need: member bytes are only hashed
         segments = split_segments(blob, str(path), keep_links)
+    except OSError as exc:
+        return blob, {}, [f"{path}: cannot read: {exc.strerror}"]
     except AgentError as exc:
         return blob, {}, [f"{exc} (the input must end on a complete archive)"]
     if not segments:
@@ -159,7 +177,7 @@ class EarlyStep:
     `more_checks` of bake_layers): the plan (None: no extension ships microcode) and which
     extensions ship it."""
 
-    blob: bytes
+    blob: Buffer
     where: str
     plan: EarlyPlan | None = None
     shipped: tuple[str, ...] = ()
@@ -265,10 +283,19 @@ def pad4(size: int) -> int:
     return -size % 4
 
 
-def write_output(output: Path, blob: bytes, archive: Path) -> None:
+def write_output(output: Path, head: bytes, blob: Buffer, start: int, archive: Path,
+                 where: str) -> None:
+    """`head` (the early archive, or nothing), the input `blob` from `start` on copied a
+    slice at a time, zeros to a 4-byte boundary, then `archive`."""
     def write(out: BinaryIO) -> None:
-        out.write(blob)
-        out.write(b"\0" * pad4(len(blob)))
+        out.write(head)
+        copied = 0
+        for chunk in slices(blob, start):
+            out.write(chunk)
+            copied += len(chunk)
+        if copied != len(blob) - start:
+            raise BuildError(f"{where}: changed while being read; nothing written")
+        out.write(b"\0" * pad4(len(head) + copied))
         with archive.open("rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
 
@@ -328,7 +355,7 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
     if request.max_size is not None and len(blob) > request.max_size:
         problems.append(f"{request.initramfs}: already {len(blob)} bytes, over --max-size "
                         f"{request.max_size} before any extension")
-    with work_folder() as work:
+    with blob, work_folder() as work:
         early = EarlyStep(blob, str(request.initramfs))
         layers, exts = bake_layers(sources, problems, request, work, progress, early)
         rootfs = [e.root / "rootfs" for e in exts]
@@ -338,9 +365,10 @@ def bake_initramfs(request: BuildRequest, progress: Progress | None = None) -> B
                 layers, firmware_entries(rootfs, dest), request.epoch), work,
                 request.compression)
             archive_size = archive.stat().st_size
-            head = blob if early.plan is None else with_early(early.plan, blob, request.epoch)
-            total = check_size(request, len(head), archive_size)
-            write_output(request.output, head, archive)
+            head = b"" if early.plan is None else early_head(early.plan, request.epoch)
+            start = 0 if early.plan is None else early.plan.rest
+            total = check_size(request, len(head) + len(blob) - start, archive_size)
+            write_output(request.output, head, blob, start, archive, str(request.initramfs))
         log.info("written", output=str(request.output), input_size=len(blob),
                  archive_size=archive_size, total=total)
     return BuildResult(request.output, len(blob), archive_size, total,

@@ -17,11 +17,13 @@ from agent.bake.build import (
     check_size,
     gather_sources,
     read_input,
+    write_output,
 )
 from agent.bake.firmware import firmware_entries, resolve_in_tree
 from agent.bake.squash import plan_parallelism
 from agent.commands.options import parse_size
 from agent.errors import BuildError, UsageError, ValidationFailed
+from agent.files import open_buffer
 from agent.output import write_atomically
 
 
@@ -151,8 +153,38 @@ def test_an_already_baked_input_is_refused(tmp_path: Path) -> None:
     buf = io.BytesIO()
     cpio.write(cpio.with_parents([cpio.regular("extensions.yaml", b"{}")]), buf)
     img.write_bytes(buf.getvalue())
-    assert read_input(img)[2] == [f"{img}: already has extensions baked in (/extensions.yaml): "
-                                  f"start from the initramfs without them"]
+    blob, _, problems = read_input(img)
+    blob.close()
+    assert problems == [f"{img}: already has extensions baked in (/extensions.yaml): "
+                        f"start from the initramfs without them"]
+
+
+def test_the_input_is_sliced_like_bytes(tmp_path: Path) -> None:
+    data = os.urandom((3 << 20) + 5)
+    (tmp_path / "in.img").write_bytes(data)
+    with open_buffer(str(tmp_path / "in.img"), -1) as blob:
+        assert len(blob) == len(data) and blob[7] == data[7] and blob[-1] == data[-1]
+        for key in (slice(0, 110), slice(5, 5), slice(9, 2), slice(len(data) - 3, None),
+                    slice(-10, None), slice(1 << 20, 3 << 20), slice(len(data), len(data) + 9)):
+            assert blob[key] == data[key]
+        with pytest.raises(IndexError):
+            blob[len(data)]
+
+
+def test_the_input_is_copied_by_slices_and_one_that_shrank_refused(tmp_path: Path) -> None:
+    data = os.urandom((3 << 20) + 5)
+    src, dest, archive = tmp_path / "in.img", tmp_path / "out.img", tmp_path / "ext.cpio"
+    src.write_bytes(data)
+    archive.write_bytes(b"ARCHIVE")
+    with open_buffer(str(src), -1) as blob:
+        write_output(dest, b"EARLY", blob, 7, archive, "in.img")
+        assert dest.read_bytes() == b"EARLY" + data[7:] + b"\0" + b"ARCHIVE"
+        os.truncate(src, 1 << 20)    # rewritten in place while the build ran
+        with pytest.raises(BuildError, match=r"^in.img: changed while being read; "
+                                             r"nothing written$"):
+            write_output(dest, b"", blob, 0, archive, "in.img")
+    assert dest.read_bytes() == b"EARLY" + data[7:] + b"\0" + b"ARCHIVE"
+    assert sorted(os.listdir(tmp_path)) == ["ext.cpio", "in.img", "out.img"]
 
 
 def test_named_temp_file_when_o_tmpfile_is_unsupported(tmp_path: Path,
