@@ -74,7 +74,8 @@ def check_release(release: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.bake.build import BuildRequest, bake_into_tree, gather_sources
+    from agent.bake.build import BuildRequest, gather_sources
+    from agent.bake.intree import bake_into_tree
     from agent.bake.store import setting_store
     from agent.errors import ValidationFailed
     from agent.escape import escape

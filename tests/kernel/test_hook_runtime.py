@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 from agent import syscalls
-from agent.bake.build import BuildRequest, bake_into_tree
+from agent.bake.build import BuildRequest
+from agent.bake.intree import bake_into_tree
 from agent.initramfs.pyruntime import build_runtime
 from agent.initramfs.tree import HOOK_ENTRY_MODULES, install_entries, launcher_entry
 
