@@ -15,7 +15,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import overload
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing imports re and collections: too heavy for PID 1
+    from typing import overload
 
 _CHUNK = 1 << 16
 
@@ -95,10 +98,11 @@ class FileBuffer:
     def __len__(self) -> int:
         return self.size
 
-    @overload
-    def __getitem__(self, key: int) -> int: ...
-    @overload
-    def __getitem__(self, key: slice) -> bytes: ...
+    if TYPE_CHECKING:
+        @overload
+        def __getitem__(self, key: int) -> int: ...
+        @overload
+        def __getitem__(self, key: slice) -> bytes: ...
 
     def __getitem__(self, key: int | slice) -> int | bytes:
         if isinstance(key, int):
