@@ -27,6 +27,12 @@ from agent.tools import run
 STORE_UUID = "7a3d2c1b-4e5f-4a6b-9c8d-0e1f2a3b4c5d"
 
 
+# the host's kernel here has no device mapper; where it has dm-verity, the VM tier covers it
+without_dm_verity = pytest.mark.skipif(
+    os.path.exists(syscalls.DM_CONTROL) or os.path.exists("/sys/module/dm_verity"),
+    reason="this kernel has dm-verity: the VM tier covers it")
+
+
 @pytest.fixture
 def exts(tmp_path: Path) -> list[Path]:
     base = tmp_path / "exts"
@@ -172,10 +178,9 @@ def work(private_mounts: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     shutil.rmtree(path)
 
 
+@without_dm_verity
 def test_without_device_mapper_verity_layers_get_the_full_sha256(
         work: Path, tmp_path: Path, exts: list[Path]) -> None:
-    if os.path.exists(syscalls.DM_CONTROL) or os.path.exists("/sys/module/dm_verity"):
-        pytest.skip("this kernel has dm-verity: the VM tier covers it")
     initrd = debian_style_initrd(tmp_path / "initrd.img")
     out = tmp_path / "out.img"
     build(out, initrd, exts)
@@ -213,10 +218,9 @@ def activate_list(work: Path, list_bytes: bytes, images: Path) -> tuple[Path, Ac
     return target, settings
 
 
+@without_dm_verity
 def test_store_on_a_disk_is_found_by_uuid_and_mounted_read_only(
         work: Path, tmp_path: Path, exts: list[Path]) -> None:
-    if os.path.exists(syscalls.DM_CONTROL) or os.path.exists("/sys/module/dm_verity"):
-        pytest.skip("this kernel has dm-verity: the VM tier covers it")
     initrd = debian_style_initrd(tmp_path / "initrd.img")
     tree = tmp_path / "storefs"
     (tree / "oa").mkdir(parents=True)
