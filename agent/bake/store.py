@@ -83,12 +83,17 @@ def locate_store(folder: Path, uuid: str | None = None, prefix: str | None = Non
     return Store(folder, uuid, prefix)
 
 
+MAX_SETTING = 64 << 10      # bytes of the store setting: a few KEY=VALUE lines
+
+
 def read_setting(path: Path) -> dict[str, str]:
     """The store setting the initramfs hooks read: `KEY=VALUE` lines (SETTING_KEYS; `#`
     comments, blank lines, a value optionally in quotes, as in /etc/default files). A missing
     file or an empty STORE: no store. Every problem in one UsageError, each naming its line."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+    from agent.files import read_regular
+
+    try:   # a regular file of a bounded size: never a fifo to block on, nor /dev/zero
+        text = read_regular(str(path), MAX_SETTING, follow=True).decode(errors="replace")
     except FileNotFoundError:
         return {}
     except OSError as exc:

@@ -3,6 +3,7 @@ every problem named by file and line."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,20 @@ def test_a_folder_with_uuid_and_path_needs_no_findmnt(tmp_path: Path) -> None:
     store = setting_store(path)
     assert store is not None
     assert (store.folder, store.uuid, store.prefix) == (tmp_path, "0BAD-CAFE", "boot/oa")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: os.mkfifo(p), "{p}: cannot read: a fifo, not a regular file"),
+    (lambda p: p.symlink_to("/dev/zero"), "{p}: cannot read: a character device, not a "
+                                          "regular file"),
+    (lambda p: os.truncate(p, (64 << 10) + 1) if p.touch() is None else None,
+     "{p}: cannot read: 65537 bytes, over the limit of 65536"),
+])
+def test_hostile_setting_files_are_one_line(tmp_path: Path, make: object,
+                                            message: str) -> None:
+    """Never a hang on a fifo, never an endless read of /dev/zero: one line, no store."""
+    path = tmp_path / "store.conf"
+    make(path)  # type: ignore[operator]
+    with pytest.raises(UsageError) as exc:
+        setting_store(path)
+    assert str(exc.value) == message.format(p=path)
