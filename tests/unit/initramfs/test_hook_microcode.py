@@ -4,6 +4,7 @@ processor; malformed microcode is one line naming extension and file, the archiv
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -102,3 +103,22 @@ def test_without_an_early_archive_the_microcode_is_left_out_with_a_warning(
     assert code == 0, err
     assert err.splitlines()[-1] == ("overlay-agent: warning: CPU microcode of intel-ucode left "
                                     "out: no early archive to merge it into (--early-cpio)")
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda p: os.mkfifo(p), "a fifo"),
+    (lambda p: p.symlink_to("/dev/zero"), "a character device"),
+])
+def test_an_early_archive_that_is_no_file_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], make: object, kind: str) -> None:
+    """Never a hang on a fifo nor an endless read: one problem, the archive untouched."""
+    early = tmp_path / "mkinitramfs-FW_x"
+    make(early)  # type: ignore[operator]
+    ucode = extension(tmp_path / "exts", "intel-ucode",
+                      {"lib/firmware/intel-ucode/06-55-04": INTEL_NEW})
+    code, tree = run_hook(tmp_path, [ucode], early)
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert lines == ["overlay-agent: error: 1 problem(s) found:",
+                     f"{early}: cannot read the early archive: {kind}, not a regular file"]
+    assert not (tree / "extensions.yaml").exists()
